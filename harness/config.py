@@ -1,0 +1,148 @@
+"""Run configuration: one dataclass fully describing a cell, resolved from defaults, spec, grid and --set overrides.
+
+Resolution order (later wins): TrainConfig defaults → the benchmark spec's protocol (`train:`, `backbone:`) →
+grid overrides → command-line `--set key=value`. The resolved config is hashed into the run's directory name.
+Execution settings that do not change results (device, threads, progress bars) live in `ExecConfig`, outside the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from harness.backbone import BackboneConfig
+from harness.errors import ConfigError
+from harness.schema import coerce, field_names, from_dict, to_dict
+
+
+@dataclass
+class TrainConfig:
+    """The shared loop's settings (per task)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr_lora: float = 1e-3
+    lr_head: float = 1e-2
+    weight_decay: float = 5e-5
+    schedule: Literal["constant", "cosine", "multistep"] = "cosine"  # stepped per epoch, restarted each task
+    milestones: list[int] = field(default_factory=list)  # epochs, for schedule=multistep (×gamma at each)
+    gamma: float = 0.1
+    temperature: float = 1.0  # training CE uses logits / temperature (P&M/SplitLoRA: 30)
+
+    def validate(self, where: str) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
+
+
+@dataclass
+class ExecConfig:
+    """How to execute a run; not part of its identity."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads (None: torch default)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    benchmark: str
+    method: str
+    backbone: BackboneConfig
+    train: TrainConfig
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # training seed: LoRA/head init, batch order, method randomness
+    order_seed: int | None = None  # class-order seed (None: the spec's own; ignored for natural order)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def run_id(self) -> str:
+        """Hash of the fully resolved config: the run's identity and directory name."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":
+        return from_dict(cls, data, where)
+
+
+OVERRIDE_PREFIXES = ("train.", "backbone.", "method.")
+TOP_LEVEL_KEYS = ("seed", "order_seed")
+
+
+def valid_override_keys(method_params_cls: type) -> list[str]:
+    keys = list(TOP_LEVEL_KEYS)
+    keys += [f"train.{k}" for k in field_names(TrainConfig)]
+    keys += [f"backbone.{k}" for k in field_names(BackboneConfig)]
+    keys += [f"method.{k}" for k in field_names(method_params_cls)]
+    return keys
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`['train.epochs=3', 'method.epsilon=0.2']` → {'train.epochs': 3, 'method.epsilon': 0.2} (values as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    return out
+
+
+def resolve(
+    benchmark: str,
+    method: str,
+    seed: int = 0,
+    order_seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    where: str = "overrides",
+) -> RunConfig:
+    """The fully resolved RunConfig of one cell. Unknown benchmark/method/key → ConfigError naming the valid ones."""
+    from harness.registry import get_method
+    from harness.spec import load_spec
+
+    spec = load_spec(benchmark)
+    method_cls = get_method(method)
+    train = to_dict(from_dict(TrainConfig, dict(spec.train), f"{spec.file}.train"))
+    backbone: dict[str, Any] = {"preset": spec.backbone}
+    params = to_dict(method_cls.Params())
+    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed}
+    valid = valid_override_keys(method_cls.Params)
+    for key, value in (overrides or {}).items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if key in TOP_LEVEL_KEYS:
+            top[key] = value
+            continue
+        section, name = key.split(".", 1)
+        {"train": train, "backbone": backbone, "method": params}[section][name] = value
+    params_obj = from_dict(method_cls.Params, params, f"{where} (method {method!r})")
+    if spec.class_order != "permutation":
+        top["order_seed"] = None  # the seed has no effect: do not let it split identical runs
+    elif top["order_seed"] is None:
+        top["order_seed"] = spec.order_seed
+    data = {
+        "benchmark": spec.name,
+        "method": method_cls.name,
+        "backbone": to_dict(from_dict(BackboneConfig, backbone, f"{where} (backbone)").resolved()),
+        "train": train,
+        "method_params": to_dict(params_obj),
+        **top,
+    }
+    return RunConfig.from_dict(data, where)
+
+
+def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(cfg, **changes)

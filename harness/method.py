@@ -1,0 +1,116 @@
+"""The method API: a method is a small class with lifecycle hooks; the shared trainer owns the loop.
+
+Lifecycle per task t (see harness/trainer.py):
+    begin_task(model, task)          – new head, new LoRA adapter (default), method bookkeeping
+    parameter_groups(model)          – what the optimiser trains (default: current LoRA @ lr_lora, head @ lr_head)
+    training_loss(model, x, y, task) – loss of one mini-batch (default: CE of the current head on local labels)
+    end_task(model, task, data)      – where merging happens: fold (a part of) the task's LoRA into the weights
+    eval_model(model)                – the model evaluated on every seen task (default: the model itself)
+Methods keep their between-task state in `state_dict()` so a run resumes after any task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from harness.backbone import CLModel
+    from harness.config import RunConfig
+    from harness.data import ImageBank
+    from harness.stream import Task, TaskStream
+
+
+@dataclass
+class NoParams:
+    """A method without hyper-parameters."""
+
+
+@dataclass
+class MethodContext:
+    config: "RunConfig"
+    stream: "TaskStream"
+    device: torch.device
+
+
+@dataclass
+class TaskData:
+    """A task's training samples as preprocessed batches, for hooks that need a pass over the data (e.g. Fisher)."""
+
+    bank: "ImageBank"
+    indices: np.ndarray
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.bank.iterate(self.indices, batch_size, generator)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Method:
+    """Base class. Subclasses set `name`, `description`, optionally `Params` (a dataclass with defaults) and
+    override the hooks they need. Register with `@harness.registry.register`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    constant_memory: ClassVar[bool] = True  # between-task state does not grow with the number of tasks
+    reconstruction: ClassVar[str | None] = None  # what is reconstructed, for methods without public code
+
+    def __init__(self, params: Any, ctx: MethodContext):
+        self.params = params
+        self.ctx = ctx
+        self.train_cfg = ctx.config.train
+        self.seed = ctx.config.seed
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def task_seed(self, *parts: object) -> int:
+        """A seed for this run's randomness named by `parts` (e.g. 'lora', t)."""
+        return derive_seed(self.seed, *parts)
+
+    @staticmethod
+    def adapter_name(task: "Task") -> str:
+        return f"task{task.index}"
+
+    # ---- lifecycle hooks ---------------------------------------------------------------------------------------
+    def begin_task(self, model: "CLModel", task: "Task") -> None:
+        model.heads.add(task.num_classes, seed=self.task_seed("head", task.index))
+        model.add_adapter(self.adapter_name(task), seed=self.task_seed("lora", task.index))
+
+    def train_indices(self, task: "Task") -> np.ndarray:
+        return task.train_indices
+
+    def parameter_groups(self, model: "CLModel", task: "Task") -> list[dict]:
+        groups = [{"params": model.adapter_parameters(self.adapter_name(task)), "lr": self.train_cfg.lr_lora}]
+        groups.append({"params": list(model.heads.heads[-1].parameters()), "lr": self.train_cfg.lr_head})
+        return groups
+
+    def training_loss(self, model: "CLModel", x: torch.Tensor, y: torch.Tensor, task: "Task") -> torch.Tensor:
+        """CE of the current task's head on local labels, logits divided by the temperature."""
+        logits = model.heads.heads[-1](model.features(x))
+        return F.cross_entropy(logits.float() / self.train_cfg.temperature, y - task.offset)
+
+    def end_task(self, model: "CLModel", task: "Task", data: TaskData) -> None:
+        raise NotImplementedError
+
+    def eval_model(self, model: "CLModel") -> "CLModel":
+        return model
+
+    # ---- state and records -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Between-task state (tensors and plain data). Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected state keys {list(state)}")
+
+    def task_record(self, task: "Task") -> dict:
+        """Per-task facts stored in the run's results (e.g. merge coefficients)."""
+        return {}

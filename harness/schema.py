@@ -1,0 +1,118 @@
+"""Build typed dataclasses from plain dicts (YAML/JSON/CLI), rejecting unknown and missing keys.
+
+Every config in clmerge (benchmark specs, grids, run configs, method hyper-parameters, SLURM profiles) is a
+dataclass; this one function turns user data into it and produces the error messages the user sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union
+
+from harness.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _required(cls: type) -> list[str]:
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Instantiate dataclass `cls` from `data`, validating keys and types recursively.
+
+    `where` names the source (file and key path) for error messages.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {field_names(cls)}, got {type(data).__name__}")
+    valid = field_names(cls)
+    unknown_keys = [k for k in data if k not in valid]
+    if unknown_keys:
+        raise ConfigError(f"{where}: unknown key {unknown_keys[0]!r}; valid keys: {', '.join(valid)}")
+    missing = [k for k in _required(cls) if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}; valid keys: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check(where)
+    return obj
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check/convert `value` against type hint `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: invalid value {value!r}; valid: {', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        out = [coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain JSON-able dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

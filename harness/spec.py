@@ -1,0 +1,142 @@
+"""Benchmark specifications: `datasets/<name>.yaml`, validated on load.
+
+A spec is data, not code: where the images come from, how many classes, how they are split into tasks, the class
+order, the image preprocessing and the protocol defaults (backbone preset, training settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.errors import ConfigError, unknown
+from harness.paths import datasets_dir
+from harness.schema import from_dict
+
+SOURCE_KINDS = ("sklearn-digits",)
+
+
+@dataclass
+class SourceSpec:
+    """Where the images come from. `sklearn-digits` is bundled with scikit-learn (no download)."""
+
+    kind: str
+    id: str | None = None
+    path: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise unknown("source kind", self.kind, SOURCE_KINDS, where)
+
+
+@dataclass
+class SplitSpec:
+    """Task split: either `num_tasks` equal tasks or explicit `increments` (classes per task)."""
+
+    num_tasks: int | None = None
+    increments: list[int] | None = None
+
+    def validate(self, where: str) -> None:
+        if (self.num_tasks is None) == (self.increments is None):
+            raise ConfigError(f"{where}: give exactly one of 'num_tasks' or 'increments'")
+        if self.num_tasks is not None and self.num_tasks < 1:
+            raise ConfigError(f"{where}.num_tasks: must be >= 1, got {self.num_tasks}")
+        if self.increments is not None and any(n < 1 for n in self.increments):
+            raise ConfigError(f"{where}.increments: every task needs >= 1 class, got {self.increments}")
+
+
+@dataclass
+class HeldOutSpec:
+    """Seeded stratified train/test split for sources without an official one."""
+
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"{where}.test_fraction: must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class ImageSpec:
+    """Model input: images are resized to `size`×`size` and normalised with `mean`/`std` per channel."""
+
+    size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+    def validate(self, where: str) -> None:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"{where}: mean and std need {self.channels} values (one per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"{where}.std: values must be > 0, got {self.std}")
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    description: str
+    source: SourceSpec
+    num_classes: int
+    split: SplitSpec
+    image: ImageSpec
+    backbone: str
+    class_order: Literal["natural", "permutation"] | list[int] = "natural"
+    order_seed: int | None = None
+    held_out: HeldOutSpec | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    file: str = ""
+
+    def validate(self, where: str) -> None:
+        inc = self.increments()
+        if sum(inc) != self.num_classes:
+            raise ConfigError(f"{where}.split: tasks cover {sum(inc)} classes but num_classes is {self.num_classes}")
+        if isinstance(self.class_order, list) and sorted(self.class_order) != list(range(self.num_classes)):
+            raise ConfigError(f"{where}.class_order: an explicit order must be a permutation of 0..{self.num_classes - 1}")
+        if self.class_order == "permutation" and self.order_seed is None:
+            raise ConfigError(f"{where}.order_seed: required when class_order is 'permutation' (e.g. 1993, PILOT)")
+        from harness.config import TrainConfig  # late: config imports spec users, not the reverse
+        from harness.schema import field_names
+
+        bad = [k for k in self.train if k not in field_names(TrainConfig)]
+        if bad:
+            raise ConfigError(f"{where}.train: unknown key {bad[0]!r}; valid keys: {', '.join(field_names(TrainConfig))}")
+
+    def increments(self) -> list[int]:
+        if self.split.increments is not None:
+            return list(self.split.increments)
+        n, t = self.num_classes, self.split.num_tasks or 1
+        if n % t:
+            raise ConfigError(
+                f"{self.file or self.name}: {n} classes do not split into {t} equal tasks; give split.increments"
+            )
+        return [n // t] * t
+
+
+def available_benchmarks() -> list[str]:
+    return sorted(p.stem for p in datasets_dir().glob("*.yaml"))
+
+
+def load_spec(name_or_path: str) -> BenchmarkSpec:
+    """Load and validate a benchmark by name (`datasets/<name>.yaml`) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = datasets_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise unknown("benchmark", name_or_path, available_benchmarks())
+    elif not path.exists():
+        raise ConfigError(f"benchmark file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict):
+        data.setdefault("file", str(path))
+    spec = from_dict(BenchmarkSpec, data, str(path))
+    if path.parent == datasets_dir() and spec.name != path.stem:
+        raise ConfigError(f"{path}: name {spec.name!r} must equal the file name {path.stem!r}")
+    return spec

@@ -1,0 +1,50 @@
+"""The results store: one directory per run, named by the hash of its fully resolved config.
+
+    results/runs/<benchmark>/<method>/<run_id>/
+        config.json      written when the run starts
+        checkpoint.pt    after every task (removed when the run completes)
+        result.json      written atomically at the very end: its presence is what "finished" means
+        error.json       the last failure (traceback), if any
+        .lock            held while the run executes, so two workers never run the same cell
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from harness.config import RunConfig
+from harness.io import read_json
+from harness.paths import results_dir
+
+RESULT = "result.json"
+
+
+def runs_root(root: Path | None = None) -> Path:
+    return (root or results_dir()) / "runs"
+
+
+def run_dir(cfg: RunConfig, root: Path | None = None) -> Path:
+    return runs_root(root) / cfg.benchmark / cfg.method / cfg.run_id()
+
+
+def is_complete(path: Path) -> bool:
+    """A run is finished iff its result.json exists, parses and says so (atomic writes make partial files impossible)."""
+    f = Path(path) / RESULT
+    if not f.exists():
+        return False
+    try:
+        return read_json(f).get("status") == "complete"
+    except (ValueError, OSError):
+        return False
+
+
+def load_result(cfg: RunConfig, root: Path | None = None) -> dict | None:
+    d = run_dir(cfg, root)
+    return read_json(d / RESULT) if is_complete(d) else None
+
+
+def iter_results(root: Path | None = None) -> Iterator[dict]:
+    for f in sorted(runs_root(root).glob(f"*/*/*/{RESULT}")):
+        if is_complete(f.parent):
+            yield read_json(f)

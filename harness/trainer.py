@@ -1,0 +1,198 @@
+"""The shared continual-learning loop: per task, the method's hooks around epochs of training, then evaluation of
+the method's evaluation model on the test data of every task seen so far.
+
+The loop owns the optimiser (AdamW, separate LoRA and head learning rates), the schedule, bf16 autocast on CUDA,
+the NaN guard, evaluation and per-task checkpoints. Randomness comes only from generators derived from the run
+config, so a run resumed from a task checkpoint gives the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.backbone import CLModel
+from harness.config import ExecConfig, RunConfig
+from harness.data import ImageBank
+from harness.errors import ConfigError, TrainingDiverged
+from harness.io import atomic_torch_save
+from harness.method import Method, MethodContext, TaskData
+from harness.registry import get_method
+from harness.schema import from_dict
+from harness.seeding import generator
+from harness.sources import SourceData, load_source
+from harness.spec import BenchmarkSpec, load_spec
+from harness.stream import Task, TaskStream, build_stream
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (bf16 matmuls on CPU are slow and change results)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@dataclass
+class RunState:
+    """Everything a run has produced so far; saved after every task."""
+
+    acc: list[list[float]] = field(default_factory=list)  # R[t][j], class-incremental (no task id)
+    task_aware: list[list[float]] = field(default_factory=list)  # R[t][j] scored by task j's own head only
+    task_seconds: list[float] = field(default_factory=list)
+    method_records: list[dict] = field(default_factory=list)
+
+    @property
+    def tasks_done(self) -> int:
+        return len(self.acc)
+
+
+@dataclass
+class Setup:
+    """The resolved inputs of a run: spec, data, stream, model, method."""
+
+    cfg: RunConfig
+    spec: BenchmarkSpec
+    data: SourceData
+    stream: TaskStream
+    device: torch.device
+    model: CLModel
+    method: Method
+    train_bank: ImageBank
+    test_bank: ImageBank
+
+
+def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
+    spec = load_spec(cfg.benchmark)
+    data = load_source(spec)
+    stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+    device = pick_device(exec_cfg.device)
+    model = CLModel(cfg.backbone).to(device)
+    method_cls = get_method(cfg.method)
+    params = from_dict(method_cls.Params, dict(cfg.method_params), f"method_params of {cfg.method}")
+    method = method_cls(params, MethodContext(config=cfg, stream=stream, device=device))
+    train_bank = ImageBank(data.train_images, stream.remap(data.train_labels), spec.image, device)
+    test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device)
+    return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank)
+
+
+@torch.no_grad()
+def evaluate(model: CLModel, bank: ImageBank, stream: TaskStream, t: int, batch_size: int) -> tuple[list[float], list[float]]:
+    """Accuracy on each seen task j ≤ t: class-incremental (argmax over all seen classes) and task-aware."""
+    seen = stream.seen_classes(t)
+    if model.heads.num_classes != seen:
+        raise RuntimeError(f"evaluation model has {model.heads.num_classes} outputs after task {t}, expected {seen}")
+    was_training = model.training
+    model.eval()
+    cil, ta = [], []
+    for task in stream.tasks[: t + 1]:
+        correct = correct_ta = 0
+        lo, hi = task.offset, task.offset + task.num_classes
+        for x, y in bank.iterate(task.test_indices, batch_size):
+            with autocast(bank.device):
+                logits = model(x).float()
+            correct += int((logits.argmax(1) == y).sum())
+            correct_ta += int((logits[:, lo:hi].argmax(1) + lo == y).sum())
+        n = max(len(task.test_indices), 1)
+        cil.append(correct / n)
+        ta.append(correct_ta / n)
+    model.train(was_training)
+    return cil, ta
+
+
+def train_task(s: Setup, task: Task, progress: Callable[[], None]) -> None:
+    cfg, model, method = s.cfg, s.model, s.method
+    method.begin_task(model, task)
+    opt = torch.optim.AdamW(method.parameter_groups(model, task), weight_decay=cfg.train.weight_decay)
+    sched = make_scheduler(opt, cfg.train)
+    indices = method.train_indices(task)
+    g = generator(cfg.seed, "batches", task.index)
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        for step, (x, y) in enumerate(s.train_bank.iterate(indices, cfg.train.batch_size, g)):
+            with autocast(s.device):
+                loss = method.training_loss(model, x, y, task)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{cfg.method} on {cfg.benchmark} (seed {cfg.seed}): loss is {loss.item()} at task {task.index}, "
+                    f"epoch {epoch}, step {step}; no result recorded. Lower the learning rates or check the data."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        progress()
+    method.end_task(model, task, TaskData(s.train_bank, indices))
+
+
+def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:
+    atomic_torch_save(
+        {"run_id": s.cfg.run_id(), "model": s.model.trainable_state(), "method": s.method.state_dict(), "state": state.__dict__},
+        path,
+    )
+
+
+def load_checkpoint(path: Path, s: Setup) -> RunState:
+    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    if ckpt["run_id"] != s.cfg.run_id():
+        raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    s.model.load_trainable_state(ckpt["model"])
+    s.method.load_state_dict(ckpt["method"])
+    return RunState(**ckpt["state"])
+
+
+def run_tasks(s: Setup, exec_cfg: ExecConfig, checkpoint: Path | None = None, stop_after: int | None = None) -> RunState:
+    """Train and evaluate every task, resuming from `checkpoint` if it exists; save it after each task.
+
+    `stop_after` ends the loop after that many tasks (used to test that resuming equals not stopping).
+    """
+    from tqdm.auto import tqdm
+
+    state = load_checkpoint(checkpoint, s) if checkpoint and checkpoint.exists() else RunState()
+    T = len(s.stream.tasks)
+    bar = tqdm(
+        total=T * s.cfg.train.epochs,
+        initial=state.tasks_done * s.cfg.train.epochs,
+        desc=f"{s.cfg.method}/{s.cfg.benchmark}/seed{s.cfg.seed}",
+        disable=not exec_cfg.progress,
+        unit="epoch",
+    )
+    with bar:
+        for task in s.stream.tasks[state.tasks_done :]:
+            if stop_after is not None and state.tasks_done >= stop_after:
+                break
+            start = time.perf_counter()
+            train_task(s, task, progress=lambda: bar.update(1))
+            cil, ta = evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, task.index, s.cfg.train.eval_batch_size)
+            if any(math.isnan(v) for v in cil):
+                raise TrainingDiverged(f"task {task.index}: accuracy is NaN")
+            state.acc.append(cil)
+            state.task_aware.append(ta)
+            state.task_seconds.append(time.perf_counter() - start)
+            state.method_records.append(s.method.task_record(task))
+            n = [len(t.test_indices) for t in s.stream.tasks[: task.index + 1]]
+            bar.set_postfix(acc=f"{sum(c * k for c, k in zip(cil, n)) / sum(n):.3f}")
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, s, state)
+    return state
