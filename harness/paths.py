@@ -16,7 +16,8 @@ def project_root() -> Path:
 
 
 def datasets_dir() -> Path:
-    return project_root() / "datasets"
+    env = os.environ.get("CLMERGE_DATASETS")
+    return Path(env) if env else project_root() / "datasets"
 
 
 def grids_dir() -> Path:

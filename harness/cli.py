@@ -1,0 +1,206 @@
+"""`clmerge` command line. Heavy libraries are imported inside the commands so `clmerge --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from harness.registry import get_method, method_names
+
+        for name in method_names():
+            cls = get_method(name)
+            tag = " [reconstruction]" if cls.reconstruction else ""
+            print(f"{name:<18} {cls.description}{tag}")
+    elif args.what == "benchmarks":
+        from harness.spec import available_benchmarks, load_spec
+
+        for name in available_benchmarks():
+            spec = load_spec(name)
+            print(f"{name:<18} {spec.description}")
+    elif args.what == "backbones":
+        from harness.backbone import PRESETS
+
+        for p in PRESETS.values():
+            print(f"{p.name:<24} {p.description}")
+    elif args.what == "grids":
+        from harness.grid import available_grids, load_grid
+
+        for name in available_grids():
+            print(f"{name:<18} {load_grid(name).description}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness.config import ExecConfig, parse_set, resolve
+    from harness.run import execute
+
+    cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
+    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads), force=args.force)
+    print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
+    if outcome.status in ("done", "skipped"):
+        from harness.io import read_json
+
+        m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
+        print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
+              f"task-aware A_last {100 * m['task_aware_a_last']:.2f}  (accuracy after each task: "
+              + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")
+    return 0 if outcome.status in ("done", "skipped") else 1
+
+
+def _run_grid(name_or_file: str, args, report_after: bool) -> int:
+    from harness.dispatch import dispatch, pending
+    from harness.grid import expand, load_grid
+    from harness.run import clear
+
+    grid = load_grid(name_or_file)
+    cells = expand(grid)
+    if args.dry_run:
+        todo = {c.run_id() for c in pending(cells)}
+        for c in cells:
+            state = "pending" if c.run_id() in todo else "finished"
+            print(f"{c.run_id()}  {c.benchmark:<16} {c.method:<16} seed={c.seed:<3} order_seed={c.order_seed}  {state}")
+        print(f"{len(cells)} cells, {len(todo)} to run")
+        return 0
+    if args.force:
+        for c in cells:
+            clear(c)
+    _ensure_backbones(cells)
+    per_job = args.cells_per_job or 1
+    outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if report_after:
+        _print_report(grid.name, cells)
+    if failed:
+        print(f"\n{len(failed)} cell(s) failed:", file=sys.stderr)
+        for o in failed:
+            print(f"  {o.benchmark} × {o.method} × seed {o.seed} (run {o.run_id}): {o.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ensure_backbones(cells) -> None:
+    """Pre-train derived backbones once in this process, so parallel jobs do not all wait on the same lock."""
+    from harness.backbone import PRESETS
+    from harness.pretrain import load_or_pretrain
+
+    for name in {c.backbone.preset for c in cells}:
+        p = PRESETS[name]
+        if p.pretrain_recipe and not any(c.backbone.weights for c in cells if c.backbone.preset == name):
+            load_or_pretrain(p.pretrain_recipe, p)
+
+
+def _print_report(name: str, cells) -> None:
+    from harness.report import report
+
+    md, paths = report(name, cells)
+    print(md)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+def cmd_grid(args) -> int:
+    return _run_grid(args.file, args, report_after=args.report)
+
+
+def cmd_reproduce(args) -> int:
+    return _run_grid(args.table, args, report_after=True)
+
+
+def cmd_report(args) -> int:
+    from harness.grid import expand, load_grid
+
+    grid = load_grid(args.file)
+    _print_report(grid.name, expand(grid))
+    return 0
+
+
+def cmd_stream(args) -> int:
+    from harness.sources import load_source
+    from harness.spec import load_spec
+    from harness.stream import build_stream
+
+    spec = load_spec(args.benchmark)
+    data = load_source(spec)
+    stream = build_stream(spec, args.order_seed, data.train_labels, data.test_labels)
+    seed = args.order_seed if args.order_seed is not None else spec.order_seed
+    print(f"{spec.name}: {len(stream.tasks)} tasks, class order {spec.class_order if isinstance(spec.class_order, str) else 'explicit'}"
+          + (f" (seed {seed})" if spec.class_order == "permutation" else "") + f", split {data.split_hash[:12]}")
+    for t in stream.tasks:
+        names = ", ".join(f"{c}:{data.class_names[c]}" if data.class_names[c] != str(c) else str(c) for c in t.classes)
+        print(f"task {t.index}: {len(t.train_indices)} train / {len(t.test_indices)} test — classes {names}")
+    return 0
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", choices=["local", "debug"], help="submitit executor (default: local)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished; run nothing")
+    p.add_argument("--max-parallel", type=int, default=None, help="jobs in flight at once (local; default: CPU count)")
+    p.add_argument("--cells-per-job", type=int, default=None, help="cells run one after another in each job (default 1)")
+    p.add_argument("--force", action="store_true", help="delete the grid's results and run every cell again")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="clmerge", description="Continual learning by model merging on pre-trained ViTs.")
+    ap.add_argument("--results", default=None, help="results directory (default: ./results of the checkout, or $CLMERGE_RESULTS)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list methods, benchmarks, backbones or grids")
+    p.add_argument("what", choices=["methods", "benchmarks", "backbones", "grids"])
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("run", help="run one cell in the foreground")
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--order-seed", type=int, default=None, help="class-order seed (default: the benchmark's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3, method.epsilon=0.5")
+    p.add_argument("--force", action="store_true", help="run again even if finished")
+    _add_exec(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("grid", help="run a grid's unfinished cells through submitit")
+    p.add_argument("file", help="grid YAML file, or a name in grids/")
+    p.add_argument("--report", action="store_true", help="print the report when done")
+    _grid_args(p)
+    p.set_defaults(fn=cmd_grid)
+
+    p = sub.add_parser("reproduce", help="run a named grid (e.g. smoke) and print its report")
+    p.add_argument("table", help="grid name, e.g. smoke")
+    _grid_args(p)
+    p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("report", help="table (Markdown, CSV) and plot of a grid's finished cells")
+    p.add_argument("file", help="grid YAML file, or a name in grids/")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("stream", help="print a benchmark's tasks and classes")
+    p.add_argument("benchmark")
+    p.add_argument("--order-seed", type=int, default=None)
+    p.set_defaults(fn=cmd_stream)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.errors import ConfigError, TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    if args.results:
+        os.environ["CLMERGE_RESULTS"] = os.path.abspath(args.results)
+    try:
+        return args.fn(args)
+    except (ConfigError, TrainingDiverged) as exc:
+        print(f"clmerge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Aggregate finished runs into tables (Markdown + CSV) and plots.
+
+Metric shown: A_t is the sample-weighted accuracy over all seen test samples after task t (P&M/PILOT "Acc");
+A_last = A_{T-1}; A_avg = mean_t A_t; forgetting = mean over old tasks of best-ever minus final per-task accuracy;
+task-aware A_last scores each test sample with its own task's head only (a diagnostic). Values are mean ± sample
+standard deviation (ddof = 1) over seeds; n is the number of finished seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import RunConfig
+from harness.io import atomic_write_text
+from harness.paths import results_dir
+from harness.store import load_result
+
+COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"), ("task_aware_a_last", "Task-aware A_last")]
+DEFINITION = (
+    "A_t = accuracy over all seen test samples after task t (sample-weighted, as P&M/PILOT); A_last = A_T; "
+    "A_avg = mean_t A_t; Forgetting = mean over old tasks of (best-ever − final) accuracy; Task-aware = each sample "
+    "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %."
+)
+
+
+def collect(cells: list[RunConfig], root: Path | None = None):
+    """One row per cell: its identity and, when finished, its metrics and accuracy curve."""
+    import pandas as pd
+
+    rows = []
+    for c in cells:
+        r = load_result(c, root)
+        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
+        if r is not None:
+            m = r["metrics"]
+            row.update({k: m.get(k) for k, _ in COLUMNS})
+            row["acc_curve"] = m["acc_curve"]
+            row["reconstruction"] = bool(r.get("method_info", {}).get("reconstruction"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(runs):
+    """Mean, std (ddof=1) and n per benchmark × method, in grid order."""
+    import pandas as pd
+
+    out = []
+    for (bench, method), g in runs.groupby(["benchmark", "method"], sort=False):
+        done = g[g["done"]]
+        row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g))}
+        for key, _ in COLUMNS:
+            vals = done[key].astype(float).to_numpy() if len(done) else np.array([])
+            row[f"{key}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if not math.isnan(std) else "")
+
+
+def markdown(agg, title: str) -> str:
+    head = "| benchmark | method | " + " | ".join(label for _, label in COLUMNS) + " | n |"
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for _, r in agg.iterrows():
+        vals = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS)
+        n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
+        lines.append(f"| {r['benchmark']} | {r['method']} | {vals} | {n} |")
+    lines += ["", DEFINITION, ""]
+    return "\n".join(lines)
+
+
+def plot(runs, path: Path, title: str) -> None:
+    """Accuracy after each task per method (mean line, ±1 std band), one panel per benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = runs[runs["done"]]
+    benches = list(dict.fromkeys(done["benchmark"]))
+    fig, axes = plt.subplots(1, max(1, len(benches)), figsize=(5.5 * max(1, len(benches)), 4), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        for method, g in done[done["benchmark"] == bench].groupby("method", sort=False):
+            curves = np.array([np.asarray(c, dtype=float) for c in g["acc_curve"]]) * 100
+            x = np.arange(1, curves.shape[1] + 1)
+            mean = curves.mean(0)
+            line = ax.plot(x, mean, marker="o", label=f"{method} (n={len(curves)})")[0]
+            if len(curves) > 1:
+                std = curves.std(0, ddof=1)
+                ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_title(bench)
+        ax.set_xlabel("tasks learnt")
+        ax.set_ylabel("accuracy on all seen classes (%)")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def report(name: str, cells: list[RunConfig], root: Path | None = None) -> tuple[str, dict[str, Path]]:
+    """Write results/tables/<name>.md/.csv and results/plots/<name>.png; return the Markdown and the paths."""
+    root = Path(root or results_dir())
+    runs = collect(cells, root)
+    agg = aggregate(runs)
+    md = markdown(agg, f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished")
+    paths = {"markdown": root / "tables" / f"{name}.md", "csv": root / "tables" / f"{name}.csv", "plot": root / "plots" / f"{name}.png"}
+    atomic_write_text(paths["markdown"], md)
+    atomic_write_text(paths["csv"], agg.to_csv(index=False))
+    if runs["done"].any():
+        plot(runs, paths["plot"], name)
+    else:
+        paths.pop("plot")
+    return md, paths
