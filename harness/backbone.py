@@ -157,8 +157,9 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
         from harness.pretrain import load_or_pretrain
 
         vit.load_state_dict(load_or_pretrain(preset.pretrain_recipe, preset))
-    for blk in vit.blocks:
-        blk.attn.qkv = SplitQKV(blk.attn.qkv)
+    with seeded(0):  # the split Linears' throw-away init must not touch the caller's RNG
+        for blk in vit.blocks:
+            blk.attn.qkv = SplitQKV(blk.attn.qkv)
     vit.requires_grad_(False)
     return vit
 
@@ -206,7 +207,8 @@ class CLModel(nn.Module):
             r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=pattern, lora_dropout=0.0
         )
         # peft needs one adapter at creation; "base" is deleted at once so the model starts as the plain ViT.
-        self.vit = get_peft_model(vit, self._lora_config, adapter_name="base")
+        with seeded(0):
+            self.vit = get_peft_model(vit, self._lora_config, adapter_name="base")
         self.vit.delete_adapter("base")
         self.heads = TaskHeads(self.embed_dim)
         self._base_scaling = self.cfg.lora_alpha / self.cfg.lora_rank

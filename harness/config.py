@@ -95,10 +95,21 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+        out[key.strip()] = _number(value)
     return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '1e-3' as a string; users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def resolve(

@@ -162,14 +162,22 @@ def load_checkpoint(path: Path, s: Setup) -> RunState:
     return RunState(**ckpt["state"])
 
 
-def run_tasks(s: Setup, exec_cfg: ExecConfig, checkpoint: Path | None = None, stop_after: int | None = None) -> RunState:
+def run_tasks(
+    s: Setup,
+    exec_cfg: ExecConfig,
+    checkpoint: Path | None = None,
+    stop_after: int | None = None,
+    state: RunState | None = None,
+) -> RunState:
     """Train and evaluate every task, resuming from `checkpoint` if it exists; save it after each task.
 
-    `stop_after` ends the loop after that many tasks (used to test that resuming equals not stopping).
+    `stop_after` ends the loop once that many tasks are done; passing the returned `state` back continues the same
+    in-memory run (used by tests to inspect a run between tasks and to check resume equivalence).
     """
     from tqdm.auto import tqdm
 
-    state = load_checkpoint(checkpoint, s) if checkpoint and checkpoint.exists() else RunState()
+    if state is None:
+        state = load_checkpoint(checkpoint, s) if checkpoint and checkpoint.exists() else RunState()
     T = len(s.stream.tasks)
     bar = tqdm(
         total=T * s.cfg.train.epochs,

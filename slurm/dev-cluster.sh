@@ -1,0 +1,515 @@
+#!/usr/bin/env bash
+# Single-node SLURM cluster on localhost, with real accounting (slurmdbd + MariaDB), for trying clmerge's
+# SLURM mode on a workstation and for CI integration tests.
+#
+#   slurm/dev-cluster.sh start    install what is missing (Debian/Ubuntu apt), configure, start, wait until usable
+#   slurm/dev-cluster.sh status   which daemons run + sinfo; exit 0 only if everything is up
+#   slurm/dev-cluster.sh stop     cancel jobs, stop the daemons by their recorded PIDs (TERM, then KILL)
+#   slurm/dev-cluster.sh env      print `export SLURM_CONF=...`   (use: eval "$(slurm/dev-cluster.sh env)")
+#
+# Everything (configs, logs, PID files, slurmctld state, MariaDB data) lives in one state directory:
+#   CLMERGE_SLURM_DIR              state directory (default /tmp/clmerge-slurm); `rm -rf` it (after stop) to reset
+#   CLMERGE_SLURM_START_TIMEOUT    seconds to wait for each daemon to become usable during start (default 60)
+#   CLMERGE_SLURM_STOP_TIMEOUT     seconds between TERM and KILL during stop (default 20)
+#   CLMERGE_SLURMCTLD_PORT / CLMERGE_SLURMD_PORT / CLMERGE_SLURMDBD_PORT / CLMERGE_SLURM_MYSQL_PORT
+#                                  TCP ports (defaults 6817 / 6818 / 6819 / 13306); change them if another
+#                                  SLURM or MariaDB already uses them on this machine.
+#
+# No systemd is needed: every daemon runs in the foreground (-D) under setsid, in the background of this script,
+# with its output in <dir>/log/<daemon>.log and its PID in <dir>/run/<daemon>.pid.
+#
+# SECURITY: this uses AuthType=auth/none (no munge), i.e. SLURM trusts whatever uid a client claims. That is fine
+# on a CI VM or a single-user workstation, but anyone who can reach these ports can run jobs as the user running
+# the daemons (root, usually). The daemons are told to bind to 127.0.0.1 only (CommunicationParameters=NoInAddrAny,
+# MariaDB --bind-address) -- do not expose them. This is a development cluster, not a production setup.
+set -euo pipefail
+
+# Daemons and the MariaDB tools live in /usr/sbin, which a non-root user's PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+STATE_DIR="$(realpath -m "${CLMERGE_SLURM_DIR:-/tmp/clmerge-slurm}")"
+START_TIMEOUT="${CLMERGE_SLURM_START_TIMEOUT:-60}"
+STOP_TIMEOUT="${CLMERGE_SLURM_STOP_TIMEOUT:-20}"
+SLURMCTLD_PORT="${CLMERGE_SLURMCTLD_PORT:-6817}"
+SLURMD_PORT="${CLMERGE_SLURMD_PORT:-6818}"
+SLURMDBD_PORT="${CLMERGE_SLURMDBD_PORT:-6819}"
+# Not MariaDB's default 3306, so that a MariaDB/MySQL already running on this machine does not collide with ours.
+MYSQL_PORT="${CLMERGE_SLURM_MYSQL_PORT:-13306}"
+
+CLUSTER_NAME="clmerge"   # also a table-name prefix in the accounting DB: keep it [a-z0-9_]
+NODE_NAME="localhost"
+PARTITION="debug"
+
+CONF="$STATE_DIR/slurm.conf"
+DBD_CONF="$STATE_DIR/slurmdbd.conf"   # slurmdbd only looks for slurmdbd.conf in the directory of $SLURM_CONF
+LOG_DIR="$STATE_DIR/log"
+RUN_DIR="$STATE_DIR/run"
+MYSQL_DIR="$STATE_DIR/mysql"
+MYSQL_SOCK="$RUN_DIR/mysqld.sock"
+DB_PASS_FILE="$STATE_DIR/db-password"
+
+RUN_USER="$(id -un)"
+# Start order; stop goes in reverse. The names are also the daemons' /proc/PID/comm, which is checked before any
+# signal is sent, so a stale PID file that now points at an unrelated process is never acted upon.
+DAEMONS=(mariadbd slurmdbd slurmctld slurmd)
+
+export SLURM_CONF="$CONF"   # for every slurm client this script runs (sinfo, sacctmgr, squeue, scancel)
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+msg() { printf '[dev-cluster] %s\n' "$*" >&2; }
+die() { printf '[dev-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 {start|stop|status|env}
+  start   install missing packages (apt), configure and start slurmdbd+MariaDB, slurmctld, slurmd on localhost
+  stop    cancel remaining jobs and stop all daemons started by 'start'
+  status  show which daemons run and sinfo; exit status 0 only if all are up
+  env     print the line to eval: export SLURM_CONF=$CONF
+state directory: $STATE_DIR (set CLMERGE_SLURM_DIR to change)
+EOF
+}
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+# Prints the PID of daemon $1 and returns 0 if it runs, i.e. its PID file names a live process with the right comm.
+daemon_pid() {
+    local name="$1" f pid comm
+    f="$(pid_file "$name")"
+    [[ -r "$f" ]] || return 1
+    pid="$(<"$f")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
+    [[ "$comm" == "$name" ]] || return 1
+    # A zombie (exited, not yet reaped) is not running.
+    [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
+    echo "$pid"
+}
+
+is_running() { daemon_pid "$1" >/dev/null; }
+
+all_running() {
+    local d
+    for d in "${DAEMONS[@]}"; do is_running "$d" || return 1; done
+}
+
+log_tails() {
+    local d f
+    for d in mariadb-install-db "${DAEMONS[@]}"; do
+        for f in "$LOG_DIR/$d.log" "$LOG_DIR/$d.console.log"; do
+            [[ -s "$f" ]] || continue
+            printf '\n----- last 20 lines of %s -----\n' "$f" >&2
+            tail -n 20 "$f" >&2
+        done
+    done
+    printf '\n' >&2
+}
+
+fail_start() {
+    printf '[dev-cluster] ERROR: %s\n' "$*" >&2
+    log_tails
+    msg "daemons that did start are left running for inspection; '$0 stop' stops them"
+    exit 1
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_port_free() {   # $1 daemon, $2 port, $3 name of the env var that changes it
+    if port_in_use "$2"; then
+        die "port $2 (for $1) is already in use on 127.0.0.1 -- another SLURM or MariaDB? Stop it, or set $3 to a free port"
+    fi
+}
+
+# Starts daemon $1 with command "${@:2}": foreground mode, own session (setsid, so that a Ctrl-C or the end of a CI
+# step's process group does not kill it), stdin closed, PID recorded. Each daemon writes its own log file
+# (<name>.log, configured below); its stdout/stderr go to <name>.console.log: in -D mode SLURM daemons echo every log
+# line there too (without timestamps), and messages from before the log file is opened (bad config) only go there.
+launch() {
+    local name="$1"; shift
+    printf '\n===== %s: starting %s =====\n' "$(date '+%F %T')" "$*" >>"$LOG_DIR/$name.console.log"
+    # In a non-interactive shell a background job is not a process-group leader, so setsid calls setsid(2) and
+    # execs the daemon in place: $! is the daemon's own PID.
+    setsid "$@" </dev/null >>"$LOG_DIR/$name.console.log" 2>&1 &
+    echo "$!" >"$(pid_file "$name")"
+}
+
+# wait_for DESCRIPTION DAEMON COMMAND...: retries COMMAND every 0.5 s until it succeeds, the daemon dies, or the timeout.
+wait_for() {
+    local what="$1" daemon="$2"; shift 2
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until "$@" >/dev/null 2>&1; do
+        is_running "$daemon" || fail_start "$daemon exited while waiting for $what"
+        ((SECONDS < deadline)) || fail_start "timed out after ${START_TIMEOUT}s waiting for $what"
+        sleep 0.5
+    done
+}
+
+mysql_admin() {   # SQL as the DB superuser: via the socket, with unix_socket authentication as the current OS user
+    mariadb --no-defaults --socket="$MYSQL_SOCK" --user="$RUN_USER" --batch --skip-column-names "$@"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# installation
+
+have_binaries() {
+    local b
+    for b in slurmctld slurmd slurmdbd sinfo sbatch squeue scancel sacct sacctmgr \
+             mariadbd mariadb-install-db mariadb mariadb-admin; do
+        command -v "$b" >/dev/null 2>&1 || return 1
+    done
+}
+
+install_packages() {
+    have_binaries && return 0
+    command -v apt-get >/dev/null 2>&1 || die "SLURM/MariaDB binaries are missing and apt-get is not available: install slurm-wlm, slurmdbd and mariadb-server (SLURM >= 22.05) by hand"
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "SLURM/MariaDB binaries are missing; run as root, or: sudo apt-get install -y slurm-wlm slurmdbd mariadb-server"
+        sudo=(sudo)
+    fi
+    msg "installing slurm-wlm slurmdbd mariadb-server with apt-get (binaries missing) ..."
+    local t0=$SECONDS
+    # The packages' maintainer scripts would start the *system* services (slurmctld, slurmd, munge, mariadb, with
+    # /etc configs) -- not wanted: this script runs its own instances. A policy-rc.d that exits 101 forbids
+    # service starts (honoured by invoke-rc.d and deb-systemd-invoke). Only installed if none exists, removed after.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\n# temporary, from clmerge slurm/dev-cluster.sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 755 "$policy"
+        own_policy=1
+    fi
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y
+               -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+    local rc=0
+    # Fresh containers often have no package lists: update first then; otherwise only if the first attempt fails.
+    if ! compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null; then
+        "${sudo[@]}" apt-get -q update || rc=$?
+    fi
+    if ((rc == 0)) && ! "${apt[@]}" install slurm-wlm slurmdbd mariadb-server; then
+        msg "apt-get install failed; retrying after apt-get update"
+        "${sudo[@]}" apt-get -q update && "${apt[@]}" install slurm-wlm slurmdbd mariadb-server || rc=$?
+    fi
+    if ((own_policy)); then "${sudo[@]}" rm -f "$policy"; fi
+    ((rc == 0)) || die "apt-get failed (exit $rc)"
+    have_binaries || die "packages installed but some binaries are still missing (need slurmctld slurmd slurmdbd sinfo sbatch sacct sacctmgr mariadbd mariadb-install-db mariadb mariadb-admin)"
+    msg "installed in $((SECONDS - t0)) s"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration
+
+write_configs() {
+    local cpus mem_mb tmp
+    cpus="$(nproc)"
+    # 85 % of physical memory: slurmd drains a node whose RealMemory exceeds what it detects, and the OS, MariaDB
+    # and the daemons need some headroom.
+    mem_mb="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.85}' /proc/meminfo)"
+
+    tmp="$(mktemp "$STATE_DIR/.slurm.conf.XXXXXX")"
+    cat >"$tmp" <<EOF
+# Generated by clmerge slurm/dev-cluster.sh -- rewritten on every start; edits are lost.
+ClusterName=$CLUSTER_NAME
+SlurmctldHost=$NODE_NAME
+SlurmctldPort=$SLURMCTLD_PORT
+SlurmdPort=$SLURMD_PORT
+# Daemons run as the user who started them (root in CI); no separate 'slurm' system user is needed.
+SlurmUser=$RUN_USER
+SlurmdUser=$RUN_USER
+# No munge daemon/key to manage. auth/none trusts the claimed uid: dev/CI only (see the header of the script).
+AuthType=auth/none
+CredType=cred/none
+# Default cred_expire is 120 s, and a requeued job (preemption, USR2 checkpoint in submitit) is held that long
+# before it may run again.
+AuthInfo=cred_expire=10
+# Bind to the configured addresses (127.0.0.1) instead of 0.0.0.0, so the cluster is not reachable from outside:
+# NoCtldInAddrAny for slurmctld, NoInAddrAny for slurmd/srun (one does not imply the other).
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+MpiDefault=none
+MailProg=/bin/true
+# No cgroups needed (containers, CI VMs without cgroup delegation).
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+# Sampled from /proc: gives sacct MaxRSS/CPU figures, enforces nothing.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=10
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=$NODE_NAME
+AccountingStoragePort=$SLURMDBD_PORT
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+# Defaults (bf_interval=30, sched_interval=60) add 30-60 s of latency to arrays and requeues.
+SchedulerParameters=bf_interval=1,sched_interval=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# Without a default, a job that asks for no memory gets the whole node's and jobs run one at a time.
+DefMemPerCPU=1024
+# A node that went DOWN (e.g. slurmd restarted) returns to service as soon as it registers again.
+ReturnToService=2
+KillWait=5
+# Keep finished jobs in slurmctld's memory for 10 min (scontrol show job); sacct has them for good anyway.
+MinJobAge=600
+InactiveLimit=0
+SlurmdTimeout=300
+StateSaveLocation=$STATE_DIR/state/slurmctld
+SlurmdSpoolDir=$STATE_DIR/state/slurmd
+SlurmctldPidFile=$RUN_DIR/slurmctld.daemon.pid
+SlurmdPidFile=$RUN_DIR/slurmd.daemon.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+NodeName=$NODE_NAME NodeHostname=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
+EOF
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$CONF"
+
+    # The DB password: random, made once, kept in the state dir (mode 600) so MariaDB and slurmdbd.conf agree.
+    if [[ ! -s "$DB_PASS_FILE" ]]; then
+        (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$DB_PASS_FILE")
+    fi
+    tmp="$(mktemp "$STATE_DIR/.slurmdbd.conf.XXXXXX")"   # mktemp: mode 600 from the start (it holds a password)
+    cat >"$tmp" <<EOF
+# Generated by clmerge slurm/dev-cluster.sh -- rewritten on every start; edits are lost.
+# slurmdbd refuses to start unless this file is owned by SlurmUser with mode 600.
+AuthType=auth/none
+DbdHost=$NODE_NAME
+DbdAddr=127.0.0.1
+DbdPort=$SLURMDBD_PORT
+SlurmUser=$RUN_USER
+CommunicationParameters=NoInAddrAny
+DebugLevel=info
+LogFile=$LOG_DIR/slurmdbd.log
+PidFile=$RUN_DIR/slurmdbd.daemon.pid
+StorageType=accounting_storage/mysql
+# TCP: slurmdbd has no option for a socket path, and our MariaDB's socket is not at the compiled-in default.
+StorageHost=127.0.0.1
+StoragePort=$MYSQL_PORT
+StorageUser=slurm
+StoragePass=$(<"$DB_PASS_FILE")
+StorageLoc=slurm_acct_db
+EOF
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$DBD_CONF"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# start
+
+start_mariadb() {
+    if is_running mariadbd; then return 0; fi
+    check_port_free MariaDB "$MYSQL_PORT" CLMERGE_SLURM_MYSQL_PORT
+    if [[ ! -d "$MYSQL_DIR/mysql" ]]; then
+        msg "initialising MariaDB data directory $MYSQL_DIR"
+        rm -rf "$MYSQL_DIR"
+        # --no-defaults everywhere: ignore /etc/mysql/*.cnf (which points socket/pid at /run/mysqld, the system
+        # instance's). Accounts root@localhost and $RUN_USER@localhost are created with unix_socket authentication
+        # (no password, only reachable through our socket by that OS user).
+        mariadb-install-db --no-defaults --datadir="$MYSQL_DIR" --user="$RUN_USER" \
+            --auth-root-authentication-method=socket --skip-test-db >>"$LOG_DIR/mariadb-install-db.log" 2>&1 \
+            || fail_start "mariadb-install-db failed"
+    fi
+    local as_root=()
+    [[ "$(id -u)" == 0 ]] && as_root=(--user=root)   # mariadbd refuses to run as root without this
+    launch mariadbd mariadbd --no-defaults "${as_root[@]}" --datadir="$MYSQL_DIR" --socket="$MYSQL_SOCK" \
+        --port="$MYSQL_PORT" --bind-address=127.0.0.1 --skip-name-resolve --pid-file="$RUN_DIR/mariadbd.daemon.pid" \
+        --log-error="$LOG_DIR/mariadbd.log" --innodb-lock-wait-timeout=900
+    # (innodb_lock_wait_timeout=900 is what SLURM's accounting docs ask for: long rollups must not time out.)
+    wait_for "MariaDB to accept connections" mariadbd mysql_admin -e 'SELECT 1'
+}
+
+setup_database() {
+    local pass
+    pass="$(<"$DB_PASS_FILE")"
+    # TCP connections from 127.0.0.1 with --skip-name-resolve match host '127.0.0.1', not 'localhost': create both.
+    # ALTER USER keeps the password in sync if the password file was recreated.
+    mysql_admin <<EOF || fail_start "creating the slurm DB user / slurm_acct_db failed"
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pass';
+CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+GRANT ALL PRIVILEGES ON slurm_acct_db.* TO 'slurm'@'localhost';
+GRANT ALL PRIVILEGES ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+FLUSH PRIVILEGES;
+EOF
+}
+
+sacctmgr_ok() { sacctmgr -n -P show cluster format=cluster; }
+cluster_registered() { sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER_NAME"; }
+
+start_slurmdbd() {
+    if is_running slurmdbd; then return 0; fi
+    check_port_free slurmdbd "$SLURMDBD_PORT" CLMERGE_SLURMDBD_PORT
+    launch slurmdbd slurmdbd -D
+    # First start creates the accounting tables (a few seconds).
+    wait_for "slurmdbd to answer sacctmgr" slurmdbd sacctmgr_ok
+    # slurmctld registers its cluster itself on first contact; adding it here first makes that deterministic and
+    # also covers a DB that was reset underneath an existing slurmctld state.
+    if ! cluster_registered; then
+        sacctmgr -i add cluster "$CLUSTER_NAME" >>"$LOG_DIR/slurmdbd.log" 2>&1 \
+            || fail_start "sacctmgr add cluster $CLUSTER_NAME failed"
+    fi
+}
+
+start_slurmctld() {
+    if is_running slurmctld; then return 0; fi
+    check_port_free slurmctld "$SLURMCTLD_PORT" CLMERGE_SLURMCTLD_PORT
+    # Without -c: job/node state in StateSaveLocation survives stop/start, like a real controller restart.
+    launch slurmctld slurmctld -D -f "$CONF"
+    wait_for "slurmctld to answer" slurmctld scontrol ping
+}
+
+start_slurmd() {
+    if is_running slurmd; then return 0; fi
+    check_port_free slurmd "$SLURMD_PORT" CLMERGE_SLURMD_PORT
+    # -N: the node name in slurm.conf, whatever this machine's hostname is.
+    launch slurmd slurmd -D -N "$NODE_NAME" -f "$CONF"
+}
+
+node_usable() {
+    local st
+    st="$(sinfo -h -N -n "$NODE_NAME" -o %T 2>/dev/null)" || return 1
+    # '*' suffix = not responding. idle is the normal case; mixed/allocated when jobs from before a restart run.
+    [[ "$st" =~ ^(idle|mixed|allocated|completing)$ ]]
+}
+
+cmd_start() {
+    local t0=$SECONDS
+    if all_running; then
+        msg "already running (state dir $STATE_DIR)"
+        echo "export SLURM_CONF=$CONF"
+        return 0
+    fi
+    install_packages
+    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/state/slurmctld" "$STATE_DIR/state/slurmd"
+    # Pre-existing PID files of daemons that are gone would only confuse; leftovers from a crash are harmless.
+    write_configs
+    local t_cfg=$SECONDS
+    msg "starting MariaDB (port $MYSQL_PORT)";   start_mariadb
+    setup_database
+    msg "starting slurmdbd (port $SLURMDBD_PORT)"; start_slurmdbd
+    msg "starting slurmctld (port $SLURMCTLD_PORT)"; start_slurmctld
+    msg "starting slurmd (port $SLURMD_PORT)";   start_slurmd
+    wait_for "node $NODE_NAME to be idle in sinfo" slurmd node_usable
+    all_running || fail_start "a daemon exited during start"
+    cluster_registered || fail_start "cluster $CLUSTER_NAME is not registered in accounting (sacctmgr)"
+    msg "cluster '$CLUSTER_NAME' up in $((SECONDS - t0)) s ($((SECONDS - t_cfg)) s without installation); state and logs in $STATE_DIR"
+    sinfo >&2 || true
+    msg "to use it from a shell:"
+    echo "export SLURM_CONF=$CONF"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# stop
+
+# All descendants of PID $1 (children first listed after their parent), from one ps snapshot.
+descendants() {
+    ps -e -o pid= -o ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            want[root] = 1; changed = 1
+            while (changed) { changed = 0
+                for (p in parent) if (!(p in want) && (parent[p] in want)) { want[p] = 1; changed = 1 } }
+            for (p in want) if (p != root) print p
+        }'
+}
+
+stop_daemon() {
+    local name="$1" pid deadline
+    if ! pid="$(daemon_pid "$name")"; then
+        rm -f "$(pid_file "$name")"
+        return 0
+    fi
+    msg "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while is_running "$name" && ((SECONDS < deadline)); do sleep 0.2; done
+    if is_running "$name"; then
+        msg "$name did not exit within ${STOP_TIMEOUT}s of SIGTERM: sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -f "$(pid_file "$name")"
+}
+
+# slurmstepd (one per job step, forked by slurmd) outlives slurmd. Ours are recognised by name *and* by carrying
+# this cluster's SLURM_CONF in their environment (inherited from the slurmd we started).
+kill_leftover_steps() {
+    local p comm pids=()
+    for p in /proc/[0-9]*; do
+        comm="$(cat "$p/comm" 2>/dev/null)" || continue
+        [[ "$comm" == slurmstepd ]] || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" || continue
+        pids+=("${p#/proc/}")
+    done
+    ((${#pids[@]})) || return 0
+    local all=() q
+    for p in "${pids[@]}"; do all+=("$p"); while read -r q; do all+=("$q"); done < <(descendants "$p"); done
+    msg "killing ${#pids[@]} leftover slurmstepd process tree(s): ${all[*]}"
+    kill -KILL "${all[@]}" 2>/dev/null || true
+}
+
+cmd_stop() {
+    local any=0 d
+    for d in "${DAEMONS[@]}"; do is_running "$d" && any=1; done
+    if ((any == 0)); then
+        msg "not running (state dir $STATE_DIR)"
+        kill_leftover_steps
+        return 0
+    fi
+    # Cancel what is still queued/running while the controller is up, so the jobs end as CANCELLED in sacct instead
+    # of lingering as orphan processes (slurmstepd survives slurmd) or as NODE_FAIL on the next start.
+    if is_running slurmctld && scontrol ping >/dev/null 2>&1; then
+        local jobs
+        jobs="$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')" || jobs=""
+        if [[ -n "${jobs// /}" ]]; then
+            msg "cancelling jobs still in the queue: $jobs"
+            # shellcheck disable=SC2086
+            scancel $jobs 2>/dev/null || true
+            local deadline=$((SECONDS + 15))
+            while [[ -n "$(squeue -h -t PD,R,CG,S -o %i 2>/dev/null)" ]] && ((SECONDS < deadline)); do sleep 0.5; done
+        fi
+    fi
+    local i
+    for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do stop_daemon "${DAEMONS[i]}"; done
+    kill_leftover_steps
+    msg "stopped (state kept in $STATE_DIR; remove it to start from scratch)"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# status
+
+cmd_status() {
+    local ok=0 d pid
+    echo "state dir: $STATE_DIR"
+    for d in "${DAEMONS[@]}"; do
+        if pid="$(daemon_pid "$d")"; then
+            printf '  %-10s running (pid %s)\n' "$d" "$pid"
+        else
+            printf '  %-10s NOT running\n' "$d"; ok=1
+        fi
+    done
+    if is_running slurmctld; then
+        sinfo || ok=1
+        node_usable || { echo "node $NODE_NAME is not usable (see sinfo -R)"; ok=1; }
+    fi
+    if is_running slurmdbd; then
+        cluster_registered || { echo "accounting: cluster $CLUSTER_NAME not registered / sacctmgr fails"; ok=1; }
+    fi
+    if ((ok == 0)); then echo "all up; use: export SLURM_CONF=$CONF"; else echo "NOT all up"; fi
+    return "$ok"
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+
+case "${1:-}" in
+    start)  cmd_start ;;
+    stop)   cmd_stop ;;
+    status) cmd_status ;;
+    env)    echo "export SLURM_CONF=$CONF" ;;
+    -h|--help|help) usage ;;
+    *) usage; exit 2 ;;
+esac

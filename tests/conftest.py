@@ -1,0 +1,21 @@
+"""Shared fixtures. Tests run offline on tiny models; results go to a temporary directory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# The fastest real configuration: bundled digits, a 2-block random-init ViT, one epoch per task.
+FAST = {"backbone.preset": "vit-micro-test", "train.epochs": 1, "train.batch_size": 64}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """A private results directory for the test (runs, tables, plots, jobs)."""
+    root = tmp_path / "results"
+    monkeypatch.setenv("CLMERGE_RESULTS", str(root))
+    return root

@@ -1,0 +1,52 @@
+"""The console script as users call it: exit codes and messages for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def clmerge(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--benchmark", "nope", "--method", "seq-lora"], "unknown benchmark 'nope'; valid: split-digits"),
+        (["run", "--benchmark", "split-digits", "--method", "nope"], "unknown method 'nope'; valid:"),
+        (["run", "--benchmark", "split-digits", "--method", "seq-lora", "--set", "train.epoch=2"], "unknown key 'train.epoch'"),
+        (["grid", "missing.yaml"], "neither a file nor a name in grids/"),
+        (["report", "nope"], "neither a file nor a name in grids/"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_message(args, message):
+    p = clmerge(*args)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr
+
+
+def test_list_methods_has_descriptions():
+    from harness.registry import get_method, method_names
+
+    p = clmerge("list", "methods")
+    assert p.returncode == 0
+    for name in method_names():
+        assert any(line.startswith(name) and get_method(name).description in line for line in p.stdout.splitlines())
+
+
+def test_list_benchmarks_and_stream():
+    assert "split-digits" in clmerge("list", "benchmarks").stdout
+    out = clmerge("stream", "split-digits").stdout
+    assert "task 4: " in out and "classes 8, 9" in out
+
+
+def test_grid_dry_run(results):
+    p = clmerge("grid", "smoke", "--dry-run")
+    assert p.returncode == 0 and "pending" in p.stdout and "cells" in p.stdout
+
+
+def test_run_one_cell(results):
+    p = clmerge("run", "--benchmark", "split-digits-2x5", "--method", "seq-lora", "--set", "backbone.preset=vit-micro-test", "--set", "train.epochs=1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("done: ") and "A_last" in p.stdout
