@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     return 0 if outcome.status in ("done", "skipped") else 1
 
 
-def _run_grid(name_or_file: str, args, report_after: bool) -> int:
+def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -> int:
     from harness.dispatch import dispatch, pending
     from harness.grid import expand, load_grid
     from harness.run import clear
@@ -75,6 +75,10 @@ def _run_grid(name_or_file: str, args, report_after: bool) -> int:
             clear(c)
     _ensure_backbones(cells)
     per_job = args.cells_per_job or 1
+    if args.cells_per_job is None and pack and args.executor == "local":
+        # `reproduce`: small CPU cells, so about three jobs per worker instead of one process per cell.
+        workers = args.max_parallel or os.cpu_count() or 1
+        per_job = max(1, -(-len(cells) // (3 * workers)))
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
@@ -112,7 +116,7 @@ def cmd_grid(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    return _run_grid(args.table, args, report_after=True)
+    return _run_grid(args.table, args, report_after=True, pack=True)
 
 
 def cmd_report(args) -> int:
@@ -144,7 +148,8 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "debug"], help="submitit executor (default: local)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished; run nothing")
     p.add_argument("--max-parallel", type=int, default=None, help="jobs in flight at once (local; default: CPU count)")
-    p.add_argument("--cells-per-job", type=int, default=None, help="cells run one after another in each job (default 1)")
+    p.add_argument("--cells-per-job", type=int, default=None,
+                   help="cells run one after another in each job (default: 1 for grid; reproduce packs ~3 jobs per worker)")
     p.add_argument("--force", action="store_true", help="delete the grid's results and run every cell again")
 
 

@@ -59,7 +59,7 @@ def dispatch(
     executor: str = "local",
     root: Path | None = None,
     max_parallel: int | None = None,
-    cells_per_job: int = 1,
+    cells_per_job: int = 1,  # >1 amortises process start-up (imports) over several small cells
     exec_cfg: ExecConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> list[CellOutcome]:
@@ -80,7 +80,9 @@ def dispatch(
     cpus = os.cpu_count() or 1
     max_parallel = max(1, max_parallel or cpus) if executor == "local" else 1
     exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False)
-    chunks = [todo[i : i + cells_per_job] for i in range(0, len(todo), cells_per_job)]
+    # Round-robin packing: each job gets a mix of methods, so slow methods do not pile up in one job.
+    n_jobs = -(-len(todo) // max(1, cells_per_job))
+    chunks = [todo[i::n_jobs] for i in range(n_jobs)]
     folder = root / "jobs" / "%j"
     ex = submitit.LocalExecutor(folder=folder) if executor == "local" else submitit.DebugExecutor(folder=folder)
     if executor == "local":
