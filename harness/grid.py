@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.config import RunConfig, resolve
 from harness.errors import ConfigError, unknown
 from harness.paths import grids_dir
-from harness.schema import from_dict
+from harness.schema import load_yaml
 
 
 @dataclass
@@ -64,13 +62,7 @@ def load_grid(name_or_path: str) -> GridSpec:
         path = grids_dir() / f"{name_or_path}.yaml"
         if not path.exists():
             raise ConfigError(f"grid {name_or_path!r} is neither a file nor a name in grids/; available: {', '.join(available_grids())}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if isinstance(data, dict):
-        data.setdefault("file", str(path))
-    return from_dict(GridSpec, data, str(path))
+    return load_yaml(GridSpec, path)
 
 
 def expand(grid: GridSpec) -> list[RunConfig]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from harness.errors import ConfigError
@@ -105,6 +106,19 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def load_yaml(cls: type[T], path: Path) -> T:
+    """Read a YAML file into dataclass `cls` (which has a `file` field, set to the path), validated."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict):
+        data.setdefault("file", str(path))
+    return from_dict(cls, data, str(path))
 
 
 def to_dict(obj: Any) -> Any:

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from harness.errors import ConfigError, unknown
 from harness.paths import datasets_dir
-from harness.schema import from_dict
+from harness.schema import load_yaml
 
 SOURCE_KINDS = ("sklearn-digits",)
 
@@ -130,13 +128,7 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
             raise unknown("benchmark", name_or_path, available_benchmarks())
     elif not path.exists():
         raise ConfigError(f"benchmark file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if isinstance(data, dict):
-        data.setdefault("file", str(path))
-    spec = from_dict(BenchmarkSpec, data, str(path))
+    spec = load_yaml(BenchmarkSpec, path)
     if path.parent == datasets_dir() and spec.name != path.stem:
         raise ConfigError(f"{path}: name {spec.name!r} must equal the file name {path.stem!r}")
     return spec

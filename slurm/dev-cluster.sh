@@ -300,7 +300,6 @@ EOF
 
 start_mariadb() {
     if is_running mariadbd; then return 0; fi
-    check_port_free MariaDB "$MYSQL_PORT" CLMERGE_SLURM_MYSQL_PORT
     if [[ ! -d "$MYSQL_DIR/mysql" ]]; then
         msg "initialising MariaDB data directory $MYSQL_DIR"
         rm -rf "$MYSQL_DIR"
@@ -342,7 +341,6 @@ cluster_registered() { sacctmgr -n -P show cluster format=cluster 2>/dev/null | 
 
 start_slurmdbd() {
     if is_running slurmdbd; then return 0; fi
-    check_port_free slurmdbd "$SLURMDBD_PORT" CLMERGE_SLURMDBD_PORT
     launch slurmdbd slurmdbd -D
     # First start creates the accounting tables (a few seconds).
     wait_for "slurmdbd to answer sacctmgr" slurmdbd sacctmgr_ok
@@ -356,7 +354,6 @@ start_slurmdbd() {
 
 start_slurmctld() {
     if is_running slurmctld; then return 0; fi
-    check_port_free slurmctld "$SLURMCTLD_PORT" CLMERGE_SLURMCTLD_PORT
     # Without -c: job/node state in StateSaveLocation survives stop/start, like a real controller restart.
     launch slurmctld slurmctld -D -f "$CONF"
     wait_for "slurmctld to answer" slurmctld scontrol ping
@@ -364,7 +361,6 @@ start_slurmctld() {
 
 start_slurmd() {
     if is_running slurmd; then return 0; fi
-    check_port_free slurmd "$SLURMD_PORT" CLMERGE_SLURMD_PORT
     # -N: the node name in slurm.conf, whatever this machine's hostname is.
     launch slurmd slurmd -D -N "$NODE_NAME" -f "$CONF"
 }
@@ -376,8 +372,10 @@ node_usable() {
     [[ "$st" =~ ^(idle|mixed|allocated|completing)$ ]]
 }
 
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}'; }
+
 cmd_start() {
-    local t0=$SECONDS
+    local t0=$EPOCHREALTIME
     if all_running; then
         msg "already running (state dir $STATE_DIR)"
         echo "export SLURM_CONF=$CONF"
@@ -385,9 +383,13 @@ cmd_start() {
     fi
     install_packages
     mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/state/slurmctld" "$STATE_DIR/state/slurmd"
-    # Pre-existing PID files of daemons that are gone would only confuse; leftovers from a crash are harmless.
+    # Check all ports first, so that a conflict does not leave half a cluster running.
+    is_running mariadbd  || check_port_free MariaDB   "$MYSQL_PORT"     CLMERGE_SLURM_MYSQL_PORT
+    is_running slurmdbd  || check_port_free slurmdbd  "$SLURMDBD_PORT"  CLMERGE_SLURMDBD_PORT
+    is_running slurmctld || check_port_free slurmctld "$SLURMCTLD_PORT" CLMERGE_SLURMCTLD_PORT
+    is_running slurmd    || check_port_free slurmd    "$SLURMD_PORT"    CLMERGE_SLURMD_PORT
     write_configs
-    local t_cfg=$SECONDS
+    local t_cfg=$EPOCHREALTIME
     msg "starting MariaDB (port $MYSQL_PORT)";   start_mariadb
     setup_database
     msg "starting slurmdbd (port $SLURMDBD_PORT)"; start_slurmdbd
@@ -396,7 +398,7 @@ cmd_start() {
     wait_for "node $NODE_NAME to be idle in sinfo" slurmd node_usable
     all_running || fail_start "a daemon exited during start"
     cluster_registered || fail_start "cluster $CLUSTER_NAME is not registered in accounting (sacctmgr)"
-    msg "cluster '$CLUSTER_NAME' up in $((SECONDS - t0)) s ($((SECONDS - t_cfg)) s without installation); state and logs in $STATE_DIR"
+    msg "cluster '$CLUSTER_NAME' up in $(elapsed "$t0") s ($(elapsed "$t_cfg") s after installation/configuration); state and logs in $STATE_DIR"
     sinfo >&2 || true
     msg "to use it from a shell:"
     echo "export SLURM_CONF=$CONF"
