@@ -16,12 +16,13 @@
 #                                  SLURM or MariaDB already uses them on this machine.
 #
 # No systemd is needed: every daemon runs in the foreground (-D) under setsid, in the background of this script,
-# with its output in <dir>/log/<daemon>.log and its PID in <dir>/run/<daemon>.pid.
+# with its log in <dir>/log/<daemon>.log (+ <daemon>.console.log: stdout/stderr) and its PID in <dir>/run/<daemon>.pid.
 #
-# SECURITY: this uses AuthType=auth/none (no munge), i.e. SLURM trusts whatever uid a client claims. That is fine
-# on a CI VM or a single-user workstation, but anyone who can reach these ports can run jobs as the user running
-# the daemons (root, usually). The daemons are told to bind to 127.0.0.1 only (CommunicationParameters=NoInAddrAny,
-# MariaDB --bind-address) -- do not expose them. This is a development cluster, not a production setup.
+# SECURITY: this uses AuthType=auth/none (no munge): SLURM trusts whatever uid a client claims. The daemons bind
+# to 127.0.0.1 only (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny; MariaDB --bind-address), so nothing is
+# reachable from the network, but ANY LOCAL USER can run jobs as the user running the daemons. Fine on a CI VM or a
+# single-user workstation; on a shared machine run `start` as your own (non-root) user -- that works too once the
+# packages are installed -- never as root. A development cluster, not a production setup.
 set -euo pipefail
 
 # Daemons and the MariaDB tools live in /usr/sbin, which a non-root user's PATH may lack.
@@ -90,6 +91,12 @@ daemon_pid() {
 
 is_running() { daemon_pid "$1" >/dev/null; }
 
+already_running() {   # for start: says so if daemon $1 runs
+    local pid
+    pid="$(daemon_pid "$1")" || return 1
+    msg "$1 already running (pid $pid)"
+}
+
 all_running() {
     local d
     for d in "${DAEMONS[@]}"; do is_running "$d" || return 1; done
@@ -97,7 +104,9 @@ all_running() {
 
 log_tails() {
     local d f
-    for d in mariadb-install-db "${DAEMONS[@]}"; do
+    local names=("${DAEMONS[@]}")
+    is_running mariadbd || names=(mariadb-install-db "${names[@]}")
+    for d in "${names[@]}"; do
         for f in "$LOG_DIR/$d.log" "$LOG_DIR/$d.console.log"; do
             [[ -s "$f" ]] || continue
             printf '\n----- last 20 lines of %s -----\n' "$f" >&2
@@ -132,7 +141,16 @@ launch() {
     # In a non-interactive shell a background job is not a process-group leader, so setsid calls setsid(2) and
     # execs the daemon in place: $! is the daemon's own PID.
     setsid "$@" </dev/null >>"$LOG_DIR/$name.console.log" 2>&1 &
-    echo "$!" >"$(pid_file "$name")"
+    local pid=$! i
+    echo "$pid" >"$(pid_file "$name")"
+    # Until the fork has exec'd the daemon, /proc/PID/comm still names this script (or setsid), and is_running
+    # would call it dead: wait for the exec.
+    for ((i = 0; i < 100; i++)); do
+        is_running "$name" && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    is_running "$name" || fail_start "$name exited right after it was started"
 }
 
 # wait_for DESCRIPTION DAEMON COMMAND...: retries COMMAND every 0.5 s until it succeeds, the daemon dies, or the timeout.
@@ -179,6 +197,8 @@ install_packages() {
         printf '#!/bin/sh\n# temporary, from clmerge slurm/dev-cluster.sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
         "${sudo[@]}" chmod 755 "$policy"
         own_policy=1
+        # shellcheck disable=SC2064  # expand now: the variables are local
+        trap "${sudo[*]} rm -f '$policy'" EXIT   # also when apt-get is interrupted
     fi
     local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y
                -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
@@ -191,7 +211,7 @@ install_packages() {
         msg "apt-get install failed; retrying after apt-get update"
         "${sudo[@]}" apt-get -q update && "${apt[@]}" install slurm-wlm slurmdbd mariadb-server || rc=$?
     fi
-    if ((own_policy)); then "${sudo[@]}" rm -f "$policy"; fi
+    if ((own_policy)); then "${sudo[@]}" rm -f "$policy"; trap - EXIT; fi
     ((rc == 0)) || die "apt-get failed (exit $rc)"
     have_binaries || die "packages installed but some binaries are still missing (need slurmctld slurmd slurmdbd sinfo sbatch sacct sacctmgr mariadbd mariadb-install-db mariadb mariadb-admin)"
     msg "installed in $((SECONDS - t0)) s"
@@ -299,7 +319,8 @@ EOF
 # start
 
 start_mariadb() {
-    if is_running mariadbd; then return 0; fi
+    already_running mariadbd && return 0
+    msg "starting mariadbd (port $MYSQL_PORT)"
     if [[ ! -d "$MYSQL_DIR/mysql" ]]; then
         msg "initialising MariaDB data directory $MYSQL_DIR"
         rm -rf "$MYSQL_DIR"
@@ -340,7 +361,8 @@ sacctmgr_ok() { sacctmgr -n -P show cluster format=cluster; }
 cluster_registered() { sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER_NAME"; }
 
 start_slurmdbd() {
-    if is_running slurmdbd; then return 0; fi
+    already_running slurmdbd && return 0
+    msg "starting slurmdbd (port $SLURMDBD_PORT)"
     launch slurmdbd slurmdbd -D
     # First start creates the accounting tables (a few seconds).
     wait_for "slurmdbd to answer sacctmgr" slurmdbd sacctmgr_ok
@@ -353,14 +375,16 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    if is_running slurmctld; then return 0; fi
+    already_running slurmctld && return 0
+    msg "starting slurmctld (port $SLURMCTLD_PORT)"
     # Without -c: job/node state in StateSaveLocation survives stop/start, like a real controller restart.
     launch slurmctld slurmctld -D -f "$CONF"
     wait_for "slurmctld to answer" slurmctld scontrol ping
 }
 
 start_slurmd() {
-    if is_running slurmd; then return 0; fi
+    already_running slurmd && return 0
+    msg "starting slurmd (port $SLURMD_PORT)"
     # -N: the node name in slurm.conf, whatever this machine's hostname is.
     launch slurmd slurmd -D -N "$NODE_NAME" -f "$CONF"
 }
@@ -381,6 +405,9 @@ cmd_start() {
         echo "export SLURM_CONF=$CONF"
         return 0
     fi
+    # slurm.conf cannot quote paths, and a unix socket path is limited to 107 bytes.
+    [[ "$STATE_DIR" =~ [[:space:]] ]] && die "the state directory must not contain whitespace: '$STATE_DIR' (set CLMERGE_SLURM_DIR)"
+    ((${#MYSQL_SOCK} <= 100)) || die "state directory path too long for MariaDB's socket ($MYSQL_SOCK); set CLMERGE_SLURM_DIR to a shorter path"
     install_packages
     mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/state/slurmctld" "$STATE_DIR/state/slurmd"
     # Check all ports first, so that a conflict does not leave half a cluster running.
@@ -390,11 +417,11 @@ cmd_start() {
     is_running slurmd    || check_port_free slurmd    "$SLURMD_PORT"    CLMERGE_SLURMD_PORT
     write_configs
     local t_cfg=$EPOCHREALTIME
-    msg "starting MariaDB (port $MYSQL_PORT)";   start_mariadb
+    start_mariadb
     setup_database
-    msg "starting slurmdbd (port $SLURMDBD_PORT)"; start_slurmdbd
-    msg "starting slurmctld (port $SLURMCTLD_PORT)"; start_slurmctld
-    msg "starting slurmd (port $SLURMD_PORT)";   start_slurmd
+    start_slurmdbd
+    start_slurmctld
+    start_slurmd
     wait_for "node $NODE_NAME to be idle in sinfo" slurmd node_usable
     all_running || fail_start "a daemon exited during start"
     cluster_registered || fail_start "cluster $CLUSTER_NAME is not registered in accounting (sacctmgr)"
@@ -407,7 +434,7 @@ cmd_start() {
 # ----------------------------------------------------------------------------------------------------------------
 # stop
 
-# All descendants of PID $1 (children first listed after their parent), from one ps snapshot.
+# All descendants of PID $1, from one ps snapshot.
 descendants() {
     ps -e -o pid= -o ppid= | awk -v root="$1" '
         { parent[$1] = $2 }
