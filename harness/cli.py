@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from harness.errors import ConfigError
+
 
 def _add_exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -70,9 +72,16 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
             print(f"{c.run_id()}  {c.benchmark:<16} {c.method:<16} seed={c.seed:<3} order_seed={c.order_seed}  {state}")
         print(f"{len(cells)} cells, {len(todo)} to run")
         return 0
+    if args.executor == "slurm":
+        return _run_grid_slurm(grid, cells, args, report_after)
+    if args.profile or args.wait:
+        raise ConfigError("--profile and --wait are for --executor slurm")
     if args.force:
         for c in cells:
             clear(c)
+    if args.retry_failed:
+        cells = _failed(cells)
+        print(f"--retry-failed: {len(cells)} failed cell(s) to run again")
     _ensure_backbones(cells)
     per_job = args.cells_per_job or 1
     if args.cells_per_job is None and pack and args.executor == "local":
@@ -82,11 +91,62 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
-        _print_report(grid.name, cells)
+        _print_report(grid.name, expand(grid))
     if failed:
         print(f"\n{len(failed)} cell(s) failed:", file=sys.stderr)
         for o in failed:
             print(f"  {o.benchmark} × {o.method} × seed {o.seed} (run {o.run_id}): {o.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _failed(cells):
+    from harness.status import cell_statuses
+
+    return [s.cfg for s in cell_statuses(cells) if s.state == "failed"]
+
+
+def _run_grid_slurm(grid, cells, args, report_after: bool) -> int:
+    """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
+    it), or with --wait block until every cell is done or failed, then report."""
+    from harness.run import clear
+    from harness.slurm import load_profile, slurm_available, submit, wait
+    from harness.status import cell_statuses, format_statuses
+
+    if not args.profile:
+        raise ConfigError("--executor slurm needs --profile slurm/NAME.yaml (see slurm/example.yaml)")
+    if args.cells_per_job not in (None, 1) or args.max_parallel:
+        raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM each cell is one "
+                          "array element and the profile's array_parallelism caps how many run at once")
+    profile = load_profile(args.profile)
+    unavailable = slurm_available()
+    if unavailable:
+        raise ConfigError(f"--executor slurm: {unavailable}")
+    if args.force:
+        busy = {s.cfg.run_id() for s in cell_statuses(cells) if s.state in ("pending", "running")}
+        for c in cells:
+            if c.run_id() not in busy:  # never pull a run directory from under a live job
+                clear(c)
+    _ensure_backbones(cells)
+    sub = submit(cells, profile, grid=grid.name, retry_failed=args.retry_failed)
+    reasons: dict[str, int] = {}
+    for why in sub.skipped.values():
+        reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
+    if reasons:
+        print("not submitted: " + ", ".join(f"{n} {k}" for k, n in reasons.items()))
+    where = args.file if hasattr(args, "file") else args.table
+    results_opt = f"--results {os.environ['CLMERGE_RESULTS']} " if os.environ.get("CLMERGE_RESULTS") else ""
+    if not args.wait:
+        print(f"watch with:  clmerge {results_opt}status {where}\n"
+              f"then:        clmerge {results_opt}report {where}   (failed cells: clmerge grid {where} --executor slurm "
+              f"--profile {args.profile} --retry-failed)")
+        return 0
+    statuses = wait(cells)
+    failed = [s for s in statuses if s.state != "done"]
+    if report_after:
+        _print_report(grid.name, cells)
+    if failed:
+        print("\n" + format_statuses(failed), file=sys.stderr)
         return 1
     return 0
 
@@ -119,6 +179,15 @@ def cmd_reproduce(args) -> int:
     return _run_grid(args.table, args, report_after=True, pack=True)
 
 
+def cmd_status(args) -> int:
+    from harness.grid import expand, load_grid
+    from harness.status import cell_statuses, format_statuses
+
+    statuses = cell_statuses(expand(load_grid(args.file)), tail_lines=args.lines)
+    print(format_statuses(statuses))
+    return 1 if any(s.state == "failed" for s in statuses) else 0
+
+
 def cmd_report(args) -> int:
     from harness.grid import expand, load_grid
 
@@ -145,7 +214,12 @@ def cmd_stream(args) -> int:
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", default="local", choices=["local", "debug"], help="submitit executor (default: local)")
+    p.add_argument("--executor", default="local", choices=["local", "debug", "slurm"],
+                   help="submitit executor (default: local); slurm submits one job array and returns")
+    p.add_argument("--profile", default=None, metavar="slurm/NAME.yaml", help="SLURM profile (file or name in slurm/)")
+    p.add_argument("--wait", action="store_true", help="slurm: block until every submitted cell finished or failed")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run only the cells that failed (error recorded, or their job ended without a result)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished; run nothing")
     p.add_argument("--max-parallel", type=int, default=None, help="jobs in flight at once (local; default: CPU count)")
     p.add_argument("--cells-per-job", type=int, default=None,
@@ -174,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run a grid's unfinished cells through submitit")
     p.add_argument("file", help="grid YAML file, or a name in grids/")
-    p.add_argument("--report", action="store_true", help="print the report when done")
+    p.add_argument("--report", action="store_true", help="print the report when done (slurm: with --wait)")
     _grid_args(p)
     p.set_defaults(fn=cmd_grid)
 
@@ -182,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", help="grid name, e.g. smoke")
     _grid_args(p)
     p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("status", help="every cell of a grid: done / running / pending / failed (+ log tail), job, time")
+    p.add_argument("file", help="grid YAML file, or a name in grids/")
+    p.add_argument("--lines", type=int, default=12, help="log lines shown per failed cell (default: 12)")
+    p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("report", help="table (Markdown, CSV) and plot of a grid's finished cells")
     p.add_argument("file", help="grid YAML file, or a name in grids/")

@@ -1,18 +1,23 @@
 """Dispatch cells through submitit: `local` (one subprocess per job, a bounded number in flight), `debug`
-(in-process, sequential; for stepping through with a debugger), later `slurm` (job arrays).
+(in-process, sequential; for stepping through with a debugger); `slurm` (job arrays) is in harness/slurm.py.
 
 A job runs one or more cells (`cells_per_job`) and never raises: every cell's outcome, including its error and
-traceback, comes back as data, so one failing cell never hides the others.
+traceback, comes back as data, so one failing cell never hides the others. The job callable, `CellsJob`, is
+submitit-Checkpointable: on the pre-timeout/preemption signal (USR2) submitit calls its `checkpoint()`, which
+resubmits the same call, and the requeued job resumes each unfinished cell from its checkpoints on disk.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+import submitit
 
 from harness.config import ExecConfig, RunConfig
 from harness.errors import unknown
@@ -49,6 +54,23 @@ def run_cells(cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
     return out
 
 
+class CellsJob(submitit.helpers.Checkpointable):
+    """The callable submitted to submitit: `run_cells`, Checkpointable so that a signalled job requeues itself.
+
+    Its `checkpoint()` (submitit's default) resubmits the same arguments: progress lives in the cells' checkpoints
+    on disk, not in this object, which is also why a requeue without `checkpoint()` (scontrol requeue, preemption,
+    node failure) resumes just the same."""
+
+    def __call__(self, cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
+        out = run_cells(cells, exec_cfg, root)
+        for o in out:  # one line per cell in the job's log, where `clmerge status` shows it from
+            msg = f": {o['message']}" if o["message"] else ""
+            print(f"[{o['status']}] {o['benchmark']} × {o['method']} × seed {o['seed']} (run {o['run_id']}){msg}", flush=True)
+            if o["traceback"]:
+                print(o["traceback"], file=sys.stderr, flush=True)
+        return out
+
+
 def pending(cells: list[RunConfig], root: Path | None = None) -> list[RunConfig]:
     """Cells without a finished result."""
     return [c for c in cells if not is_complete(run_dir(c, root))]
@@ -64,8 +86,6 @@ def dispatch(
     log: Callable[[str], None] = print,
 ) -> list[CellOutcome]:
     """Run the unfinished `cells`; finished ones are skipped. Returns one outcome per cell."""
-    import submitit
-
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
     root = Path(root or results_dir())
@@ -109,7 +129,7 @@ def dispatch(
     while queue or running:
         while queue and len(running) < max_parallel:
             chunk = queue.pop(0)
-            running.append((ex.submit(run_cells, *args(chunk)), chunk))
+            running.append((ex.submit(CellsJob(), *args(chunk)), chunk))
             if executor == "debug":  # DebugExecutor runs the job when its result is asked for
                 collect(*running.pop())
         still = []

@@ -33,7 +33,10 @@ def empirical_fisher(
     """Diagonal Fisher (float64, shape of each adapted weight) of `loss_fn(x, y)` w.r.t. every W_eff, averaged over
     `batches`. `loss_fn` must return the mean loss of the batch. The model's parameters and .grad are untouched."""
     layers = model.lora_layers()
-    fisher = {n: torch.zeros(m.get_base_layer().weight.shape, dtype=torch.float64, device=m.get_base_layer().weight.device) for n, m in layers.items()}
+    fisher = {}
+    for n, m in layers.items():
+        w = m.get_base_layer().weight
+        fisher[n] = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
     inputs: dict[str, torch.Tensor] = {}
     seen: dict[str, int] = {}
 

@@ -106,7 +106,12 @@ def pm_terms_stream(
 
 
 def pm_alpha_stream(
-    s0: Tensors | None, s1: Tensors | None, dhat: Tensors | None, fisher: Tensors, delta: Tensors, per_module: bool = False
+    s0: Tensors | None,
+    s1: Tensors | None,
+    dhat: Tensors | None,
+    fisher: Tensors,
+    delta: Tensors,
+    per_module: bool = False,
 ) -> Alpha:
     """P&M's α_t from running sums (see `pm_terms_stream`), clipped to [0, 1]; α_1 = 1."""
     if s0 is None:

@@ -6,7 +6,12 @@ Lifecycle per task t (see harness/trainer.py):
     training_loss(model, x, y, task) – loss of one mini-batch (default: CE of the current head on local labels)
     end_task(model, task, data)      – where merging happens: fold (a part of) the task's LoRA into the weights
     eval_model(model)                – the model evaluated on every seen task (default: the model itself)
-Methods keep their between-task state in `state_dict()` so a run resumes after any task.
+Methods keep their between-task state in `state_dict()` so a run resumes after any task. A run also resumes in the
+middle of a task (from its last epoch): the trainer then calls `begin_task` again on the restored between-task
+state, restores the model, `state_dict()` and the optimiser as they were after that epoch, and finally
+`load_rng_state(rng_state())` — the states of the method's own generators (default: every `torch.Generator`
+attribute). A method that keeps other in-task state which `begin_task` resets (e.g. counters of random draws) adds
+it by overriding `rng_state`/`load_rng_state`.
 """
 
 from __future__ import annotations
@@ -110,6 +115,19 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         if state:
             raise ValueError(f"{self.name}: unexpected state keys {list(state)}")
+
+    def rng_state(self) -> dict:
+        """In-task randomness to checkpoint after every epoch: the state of each `torch.Generator` attribute (e.g. a
+        perturbation sampler made in `begin_task`). Override (calling super) to add state that advances with it."""
+        return {k: v.get_state() for k, v in vars(self).items() if isinstance(v, torch.Generator)}
+
+    def load_rng_state(self, state: dict) -> None:
+        """Restore `rng_state()` on a mid-task resume (called after `begin_task` has recreated the generators)."""
+        for k, v in state.items():
+            g = getattr(self, k, None)
+            if not isinstance(g, torch.Generator):
+                raise ValueError(f"{self.name}: rng state {k!r} has no generator attribute to restore into")
+            g.set_state(v)
 
     def task_record(self, task: "Task") -> dict:
         """Per-task facts stored in the run's results (e.g. merge coefficients)."""

@@ -2,8 +2,17 @@
 the method's evaluation model on the test data of every task seen so far.
 
 The loop owns the optimiser (AdamW, separate LoRA and head learning rates), the schedule, bf16 autocast on CUDA,
-the NaN guard, evaluation and per-task checkpoints. Randomness comes only from generators derived from the run
-config, so a run resumed from a task checkpoint gives the same numbers as an uninterrupted one.
+the NaN guard, evaluation and checkpoints. Randomness comes only from generators derived from the run config, and
+every piece of state is checkpointed, so a resumed run gives the same numbers as an uninterrupted one (bit-exact on
+CPU). Two checkpoint files, each written atomically:
+
+    checkpoint.pt        after every task: model trainable state, method state, RunState
+    checkpoint.epoch.pt  after every epoch of the task in progress: the model, method state and method generators,
+                         optimiser, scheduler, batch-order generator and torch's global RNG as they are after that
+                         epoch. Resuming replays the task's `begin_task` on the state of checkpoint.pt, then loads
+                         this; it is ignored once checkpoint.pt has moved past its task.
+
+A run killed at any point (time limit, preemption, scancel, OOM) thus loses at most one epoch of work.
 """
 
 from __future__ import annotations
@@ -121,15 +130,31 @@ def evaluate(model: CLModel, bank: ImageBank, stream: TaskStream, t: int, batch_
     return cil, ta
 
 
-def train_task(s: Setup, task: Task, progress: Callable[[], None]) -> None:
+def epoch_checkpoint_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.stem + ".epoch.pt")
+
+
+def train_task(
+    s: Setup, task: Task, progress: Callable[[], None], epoch_ckpt: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> None:
+    """begin_task, the epochs (resuming after the last epoch saved in `epoch_ckpt`, saving it after each), end_task."""
     cfg, model, method = s.cfg, s.model, s.method
     method.begin_task(model, task)
+    saved = _load_epoch_checkpoint(epoch_ckpt, s, task) if epoch_ckpt is not None and epoch_ckpt.exists() else None
     opt = torch.optim.AdamW(method.parameter_groups(model, task), weight_decay=cfg.train.weight_decay)
     sched = make_scheduler(opt, cfg.train)
     indices = method.train_indices(task)
     g = generator(cfg.seed, "batches", task.index)
+    first = 0
+    if saved is not None:  # after the model and method: the optimiser state refers to the restored parameters
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        g.set_state(saved["batches"])
+        first = saved["epochs_done"]
+        log(f"resumed at task {task.index}, epoch {first} of {cfg.train.epochs} (from {epoch_ckpt.name})")
     model.train()
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(first, cfg.train.epochs):
         for step, (x, y) in enumerate(s.train_bank.iterate(indices, cfg.train.batch_size, g)):
             with autocast(s.device):
                 loss = method.training_loss(model, x, y, task)
@@ -142,8 +167,47 @@ def train_task(s: Setup, task: Task, progress: Callable[[], None]) -> None:
             loss.backward()
             opt.step()
         sched.step()
+        if epoch_ckpt is not None:
+            _save_epoch_checkpoint(epoch_ckpt, s, task, epoch + 1, opt, sched, g)
         progress()
     method.end_task(model, task, TaskData(s.train_bank, indices))
+
+
+def _save_epoch_checkpoint(path: Path, s: Setup, task: Task, epochs_done: int, opt, sched, g: torch.Generator) -> None:
+    atomic_torch_save(
+        {
+            "run_id": s.cfg.run_id(),
+            "task": task.index,
+            "epochs_done": epochs_done,
+            "model": s.model.trainable_state(),
+            "method": s.method.state_dict(),
+            "method_rng": s.method.rng_state(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "batches": g.get_state(),
+            # Nothing in the loop should draw from the global RNGs; saved anyway so that a library that does
+            # (e.g. dropout) still resumes exactly.
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
+        },
+        path,
+    )
+
+
+def _load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
+    """Restore model, method state and generators from an epoch checkpoint of `task`; None if it is for another task."""
+    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    if ckpt["run_id"] != s.cfg.run_id():
+        raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    if ckpt["task"] != task.index:  # stale: written before the task checkpoint that superseded it
+        return None
+    s.model.load_trainable_state(ckpt["model"])
+    s.method.load_state_dict(ckpt["method"])
+    s.method.load_rng_state(ckpt["method_rng"])
+    torch.set_rng_state(ckpt["torch_rng"].cpu())
+    if ckpt["cuda_rng"] is not None and len(ckpt["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
+    return ckpt
 
 
 def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:
@@ -168,16 +232,21 @@ def run_tasks(
     checkpoint: Path | None = None,
     stop_after: int | None = None,
     state: RunState | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> RunState:
-    """Train and evaluate every task, resuming from `checkpoint` if it exists; save it after each task.
+    """Train and evaluate every task, resuming from `checkpoint` (and its epoch checkpoint) if it exists; save it
+    after each task and the epoch checkpoint after each epoch.
 
     `stop_after` ends the loop once that many tasks are done; passing the returned `state` back continues the same
-    in-memory run (used by tests to inspect a run between tasks and to check resume equivalence).
+    in-memory run (used by tests to inspect a run between tasks and to check resume equivalence). `log` hears where
+    a run resumed.
     """
     from tqdm.auto import tqdm
 
     if state is None:
         state = load_checkpoint(checkpoint, s) if checkpoint and checkpoint.exists() else RunState()
+        if state.tasks_done:
+            log(f"resumed after task {state.tasks_done - 1} (from {checkpoint.name})")
     T = len(s.stream.tasks)
     bar = tqdm(
         total=T * s.cfg.train.epochs,
@@ -191,7 +260,8 @@ def run_tasks(
             if stop_after is not None and state.tasks_done >= stop_after:
                 break
             start = time.perf_counter()
-            train_task(s, task, progress=lambda: bar.update(1))
+            epoch_ckpt = epoch_checkpoint_path(checkpoint) if checkpoint is not None else None
+            train_task(s, task, progress=lambda: bar.update(1), epoch_ckpt=epoch_ckpt, log=log)
             cil, ta = evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, task.index, s.cfg.train.eval_batch_size)
             if any(math.isnan(v) for v in cil):
                 raise TrainingDiverged(f"task {task.index}: accuracy is NaN")
@@ -203,4 +273,5 @@ def run_tasks(
             bar.set_postfix(acc=f"{sum(c * k for c, k in zip(cil, n)) / sum(n):.3f}")
             if checkpoint is not None:
                 save_checkpoint(checkpoint, s, state)
+                epoch_checkpoint_path(checkpoint).unlink(missing_ok=True)  # superseded by the task checkpoint
     return state

@@ -100,7 +100,7 @@ class PerturbAndMerge(Method):
         """y ← y + coef·x·Nᵀ per adapted layer, N Gaussian with ‖N‖_F = ‖Δ‖_F (no gradient through N)."""
         assert self._rng is not None
         handles = []
-        delta = model.delta(name)
+        delta, layers = model.delta(name), model.lora_layers()
         for n in sorted(delta):
             noise = torch.randn(delta[n].shape, generator=self._rng).to(delta[n].device)
             scale = delta[n].norm() / noise.norm().clamp(min=1e-12)
@@ -109,7 +109,7 @@ class PerturbAndMerge(Method):
             def hook(module, args, out, d=direction):
                 return out + coef * F.linear(args[0], d.to(out.dtype))
 
-            handles.append(model.lora_layers()[n].register_forward_hook(hook))
+            handles.append(layers[n].register_forward_hook(hook))
         try:
             yield
         finally:
@@ -143,6 +143,15 @@ class PerturbAndMerge(Method):
 
     def task_record(self, task) -> dict:
         return self._record
+
+    def rng_state(self) -> dict:
+        # the draw counters advance with the perturbation generator and are reset by begin_task
+        return {**super().rng_state(), "counts": list(self._counts)}
+
+    def load_rng_state(self, state: dict) -> None:
+        state = dict(state)
+        self._counts = list(state.pop("counts", [0, 0, 0]))
+        super().load_rng_state(state)
 
     def state_dict(self) -> dict:
         return {"s0": self.s0, "s1": self.s1, "dhat": self.dhat}

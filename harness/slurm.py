@@ -1,0 +1,282 @@
+"""SLURM dispatch: a grid's unfinished cells as one submitit job array, a ledger of submissions, queue states.
+
+    profile (slurm/NAME.yaml) ──► SlurmExecutor ──► one array, one cell per element (CellsJob, Checkpointable)
+    results/slurm/ledger.json      run_id → [{job_id, submitted, stdout, stderr, grid}], newest last
+    results/slurm/jobs/<job id>/   submitit's pickles and the job's stdout/stderr logs
+
+Never running a cell twice takes two locks. Submissions hold `results/slurm/.ledger.lock` while they look at the
+queue and submit, so a second submission of the same grid sees the first one's jobs and skips their cells. A job
+takes the cell's own `.lock` (harness/run.py) while it runs, so a cell started twice anyway (e.g. by a local run)
+runs once; the other job reports it "busy" and ends normally.
+
+Preemption and time limits: SLURM sends USR2 `signal_delay_s` before the limit (or on preemption); submitit calls
+CellsJob.checkpoint() and requeues the job; the cell resumes from its last epoch checkpoint. A job that dies
+without a result (scancel, OOM, node failure) shows as failed in `clmerge status` — from squeue while SLURM still
+lists the job, from sacct after — never as an endless "running".
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.config import ExecConfig, RunConfig
+from harness.errors import ConfigError
+from harness.io import atomic_write_json, file_lock, read_json
+from harness.paths import project_root, results_dir
+from harness.schema import load_yaml
+
+
+@dataclass
+class SlurmProfile:
+    """Where and how jobs run on a SLURM cluster; one YAML file in slurm/ (see slurm/example.yaml)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus: int = 0  # per job (= per cell)
+    cpus: int = 4  # per job; also the torch threads of the run
+    mem_gb: float | None = None  # per job; None: the cluster's default
+    time_min: int = 60  # time limit per job; a cell that needs longer is checkpointed and requeued
+    array_parallelism: int = 32  # array elements running at once
+    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint + requeue
+    max_requeues: int = 5  # how many time-limit requeues a job may use (preemptions do not count)
+    setup: list[str] = field(default_factory=list)  # shell lines run in the job before Python (modules, venv)
+    extra_sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch flag, e.g. {exclude: "n[1-3]"}
+    description: str = ""
+    file: str = ""
+
+    def validate(self, where: str) -> None:
+        for key in ("cpus", "time_min", "array_parallelism"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("gpus", "signal_delay_s", "max_requeues"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ConfigError(f"{where}.mem_gb: must be > 0, got {self.mem_gb}")
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ConfigError(f"{where}.signal_delay_s: {self.signal_delay_s} s is not shorter than time_min")
+
+
+def load_profile(name_or_path: str) -> SlurmProfile:
+    """A profile by path, or by name in the checkout's slurm/ directory."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = project_root() / "slurm" / f"{name_or_path}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in (project_root() / "slurm").glob("*.yaml"))
+        raise ConfigError(f"SLURM profile {name_or_path!r} is neither a file nor a name in slurm/; available: {', '.join(names)}")
+    return load_yaml(SlurmProfile, path)
+
+
+def sbatch_parameters(profile: SlurmProfile) -> dict[str, Any]:
+    """The profile as submitit SlurmExecutor parameters (which become the #SBATCH lines)."""
+    params: dict[str, Any] = {
+        "job_name": "clmerge",
+        "time": profile.time_min,
+        "cpus_per_task": profile.cpus,
+        "array_parallelism": profile.array_parallelism,
+        "signal_delay_s": profile.signal_delay_s,
+        "setup": list(profile.setup),
+        "additional_parameters": dict(profile.extra_sbatch),
+    }
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(profile, key):
+            params[key] = getattr(profile, key)
+    if profile.gpus:
+        params["gpus_per_node"] = profile.gpus
+    if profile.mem_gb is not None:
+        params["mem"] = f"{int(profile.mem_gb * 1024)}M"
+    return params
+
+
+def make_executor(profile: SlurmProfile, folder: Path):
+    """A submitit SlurmExecutor for `profile` (explicit, not AutoExecutor: the cluster is never guessed)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+    ex.update_parameters(**sbatch_parameters(profile))
+    return ex
+
+
+# ---- ledger ------------------------------------------------------------------------------------------------------
+
+
+def slurm_dir(root: Path | None = None) -> Path:
+    return Path(root or results_dir()) / "slurm"
+
+
+def read_ledger(root: Path | None = None) -> dict[str, list[dict]]:
+    f = slurm_dir(root) / "ledger.json"
+    return read_json(f)["cells"] if f.exists() else {}
+
+
+def ledger_lock(root: Path | None = None):
+    """Held while a submission checks the queue and submits (and while the ledger is rewritten)."""
+    return file_lock(slurm_dir(root) / ".ledger.lock")
+
+
+def _record(root: Path, entries: dict[str, dict]) -> None:
+    """Append submissions to the ledger; the caller holds ledger_lock."""
+    ledger = read_ledger(root)
+    for run_id, entry in entries.items():
+        ledger.setdefault(run_id, []).append(entry)
+    atomic_write_json(slurm_dir(root) / "ledger.json", {"cells": ledger})
+
+
+# ---- queue states ------------------------------------------------------------------------------------------------
+
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"}
+PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+
+
+@dataclass
+class JobState:
+    state: str  # SLURM's word: RUNNING, PENDING, COMPLETED, CANCELLED, FAILED, TIMEOUT, OUT_OF_MEMORY, … or GONE
+    elapsed: str = ""
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in RUNNING or self.state in PENDING
+
+
+class QueueError(RuntimeError):
+    """squeue could not be asked: the states of the jobs are unknown."""
+
+
+def _slurm(*args: str) -> str:
+    try:
+        p = subprocess.run(list(args), capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as exc:  # e.g. slurmctld down: clients retry for 60 s
+        raise QueueError(f"{' '.join(args[:2])} did not answer within {exc.timeout:.0f} s") from exc
+    if p.returncode != 0:
+        raise QueueError(f"{' '.join(args[:2])} failed (exit {p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    return p.stdout
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobState]:
+    """Current state of each job id ("123" or array element "123_4"), one squeue and at most one sacct call.
+
+    squeue first: it is live (sacct lags by seconds) and, with -t all, also shows jobs that ended recently. A job
+    squeue does not list has ended: its state then comes from sacct, or is GONE where accounting has forgotten it
+    (or there is none) — it is not pending or running either way, so nothing ever waits on it."""
+    ids = set(job_ids)
+    if not ids:
+        return {}
+    out: dict[str, JobState] = {}
+    try:
+        text = _slurm("squeue", "--me", "-r", "-h", "-t", "all", "-o", "%i|%T|%M|%r")
+    except FileNotFoundError as exc:
+        raise QueueError("squeue not found: is this a SLURM login node?") from exc
+    for line in text.splitlines():
+        jid, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
+        if jid in ids:
+            out[jid] = JobState(state, elapsed, "" if reason in ("None", "(null)") else reason)
+    missing = sorted(ids - set(out))
+    if missing:
+        try:
+            text = _slurm("sacct", "-X", "-n", "-P", "-j", ",".join(missing), "--format=JobID,State,Elapsed")
+        except (QueueError, FileNotFoundError):
+            text = ""  # no accounting: these jobs are not in the queue any more, so they ended
+        for line in text.splitlines():
+            jid, state, elapsed = (line.split("|") + ["", ""])[:3]
+            if jid in ids and jid not in out:
+                out[jid] = JobState(state.split()[0] if state else "UNKNOWN", elapsed)  # "CANCELLED by 0"
+    for jid in missing:
+        out.setdefault(jid, JobState("GONE", reason="not in the queue nor in accounting"))
+    return out
+
+
+# ---- submission ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    submitted: list[RunConfig]  # in the array just submitted
+    job_ids: dict[str, str]  # run_id → job id
+    skipped: dict[str, str]  # run_id → why (finished, queued as job X, running elsewhere, not failed)
+
+
+def submit(
+    cells: list[RunConfig],
+    profile: SlurmProfile,
+    root: Path | None = None,
+    grid: str = "",
+    retry_failed: bool = False,
+    log: Callable[[str], None] = print,
+) -> Submission:
+    """Submit the cells that are not finished and not already queued/running as ONE job array.
+
+    With `retry_failed`, only cells whose last job ended without a result (or whose run failed) are submitted."""
+    from harness.dispatch import CellsJob
+    from harness.status import cell_statuses
+
+    root = Path(root or results_dir()).resolve()
+    with ledger_lock(root):
+        statuses = cell_statuses(cells, root)
+        todo, skipped = [], {}
+        for st in statuses:
+            rid = st.cfg.run_id()
+            if st.state == "failed" or (st.state == "todo" and not retry_failed):
+                todo.append(st.cfg)
+            elif st.state == "todo":
+                skipped[rid] = "not failed (never submitted)"
+            else:
+                skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
+        if not todo:
+            return Submission([], {}, skipped)
+        ex = make_executor(profile, slurm_dir(root) / "jobs" / "%j")
+        exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
+        n = len(todo)
+        jobs = ex.map_array(CellsJob(), [[c.to_dict()] for c in todo], [exec_cfg] * n, [str(root)] * n)
+        now = datetime.datetime.now().isoformat(timespec="seconds")
+        entries = {
+            c.run_id(): {"job_id": j.job_id, "submitted": now, "grid": grid, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)}
+            for c, j in zip(todo, jobs)
+        }
+        _record(root, entries)
+    first = jobs[0].job_id.split("_")[0]
+    if n == 1:  # submitit submits a single job, not an array of one
+        log(f"submitted 1 cell as SLURM job {first}")
+    else:
+        log(f"submitted {n} cells as SLURM array job {first} (at most {profile.array_parallelism} at a time)")
+    return Submission(todo, {rid: e["job_id"] for rid, e in entries.items()}, skipped)
+
+
+def wait(cells: list[RunConfig], root: Path | None = None, poll_s: float = 5.0, log: Callable[[str], None] = print):
+    """Block until none of `cells` is pending or running; log each change of state. Returns the final statuses."""
+    from harness.status import cell_statuses
+
+    seen: dict[str, str] = {}
+    while True:
+        statuses = cell_statuses(cells, root)
+        for st in statuses:
+            rid = st.cfg.run_id()
+            if seen.get(rid) != st.state:
+                seen[rid] = st.state
+                log(f"  [{st.state}] {st.cfg.benchmark} × {st.cfg.method} × seed {st.cfg.seed}" + (f" (job {st.job_id})" if st.job_id else ""))
+        if not any(st.state in ("pending", "running") for st in statuses):
+            return statuses
+        time.sleep(poll_s)
+
+
+def slurm_available() -> str | None:
+    """None if SLURM answers here, else why not (for messages and test skips)."""
+    from shutil import which
+
+    if not which("sbatch"):
+        return "sbatch not found (SLURM client tools not installed)"
+    try:
+        _slurm("squeue", "--me", "-h", "-o", "%i")
+    except QueueError as exc:
+        hint = "" if os.environ.get("SLURM_CONF") else " (SLURM_CONF is not set; for the dev cluster: eval \"$(slurm/dev-cluster.sh env)\")"
+        return f"SLURM does not answer: {exc}{hint}"
+    return None

@@ -1,0 +1,64 @@
+"""DARE: drop-and-rescale each task vector, then average (or task arithmetic).
+
+τ̃_t = DARE_p(τ_t): every entry dropped with probability p, the kept ones scaled by 1/(1−p); θ̂_t = W0 + mean τ̃_i
+(combine "average") or W0 + λ Σ τ̃_i (combine "task-arithmetic"). Yu et al., "Language Models are Super Mario:
+Absorbing Abilities from Homologous Models as a Free Lunch", ICML 2024, arXiv 2311.03099. The "DARE" row of P&M's
+tables (Qiu et al., arXiv 2505.22389) does not state p or the combination [?]; here [I]: start "merged" (P&M's
+protocol, as for its averaging row), combine "average" (the row sits next to Model Averaging), p = 0.5 (a neutral
+value; the DARE paper uses up to 0.9 for full fine-tuning deltas of LLMs). All are hyper-parameters, not tuned for
+LoRA. The mask of task t is drawn once, from a generator seeded by (run seed, task), so a running sum of the τ̃_i is
+enough (constant memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.errors import ConfigError
+from harness.merging import dare
+from harness.registry import register
+from harness.seeding import generator
+from methods._task_vectors import Start, TaskVectorMerge, add
+
+
+@dataclass
+class Params:
+    p: float = 0.5  # drop rate [I]
+    combine: Literal["average", "task-arithmetic"] = "average"
+    lam: float = 1.0  # λ, only for combine = "task-arithmetic"
+    start: Start = "merged"
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.p < 1.0:
+            raise ConfigError(f"{where}.p: must be in [0, 1), got {self.p}")
+
+
+@register
+class Dare(TaskVectorMerge):
+    name = "dare"
+    description = "DARE: randomly drop p of each task vector, rescale by 1/(1−p), then average the task vectors"
+    Params = Params
+    reconstruction = "P&M's 'DARE' row: drop rate and combination not stated; p = 0.5 and averaging assumed"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.total = None
+        self.count = 0
+
+    def absorb(self, tau, task) -> None:
+        dropped = dare(tau, self.params.p, generator(self.seed, "dare", task.index))
+        self.total = add(self.total, dropped)
+        self.count += 1
+        kept = sum(int((d != 0).sum()) for d in dropped.values()) / max(1, sum(t.numel() for t in tau.values()))
+        self._record = {"kept_fraction": kept}
+
+    def merged(self):
+        c = 1.0 / self.count if self.params.combine == "average" else self.params.lam
+        return {n: c * t for n, t in self.total.items()}
+
+    def acc_state(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load_acc_state(self, state: dict) -> None:
+        self.total, self.count = state["total"], state["count"]
