@@ -38,6 +38,11 @@ def cmd_list(args) -> int:
 
         for name in available_grids():
             print(f"{name:<18} {load_grid(name).description}")
+    elif args.what == "tables":
+        from harness.leaderboard import list_tables
+
+        for name, description in list_tables():
+            print(f"{name:<18} {description}")
     return 0
 
 
@@ -188,11 +193,31 @@ def cmd_status(args) -> int:
     return 1 if any(s.state == "failed" for s in statuses) else 0
 
 
-def cmd_report(args) -> int:
-    from harness.grid import expand, load_grid
+def _is_grid(name: str) -> bool:
+    from harness.grid import available_grids
 
-    grid = load_grid(args.file)
-    _print_report(grid.name, expand(grid))
+    return os.path.exists(name) or name in available_grids()
+
+
+def cmd_report(args) -> int:
+    """A grid's report (mean ± std per benchmark × method), or a published table's (ours vs paper, verdicts)."""
+    if _is_grid(args.file):
+        from harness.grid import expand, load_grid
+
+        grid = load_grid(args.file)
+        _print_report(grid.name, expand(grid))
+        return 0
+    from harness.leaderboard import available_tables, write_report
+
+    if args.file not in available_tables():
+        from harness.errors import unknown
+        from harness.grid import available_grids
+
+        raise unknown("grid or table", args.file, available_grids() + available_tables())
+    md, paths = write_report(args.file, seeds=args.seeds)
+    print(md)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -232,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--results", default=None, help="results directory (default: ./results of the checkout, or $CLMERGE_RESULTS)")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list methods, benchmarks, backbones or grids")
-    p.add_argument("what", choices=["methods", "benchmarks", "backbones", "grids"])
+    p = sub.add_parser("list", help="list methods, benchmarks, backbones, grids or published tables")
+    p.add_argument("what", choices=["methods", "benchmarks", "backbones", "grids", "tables"])
     p.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("run", help="run one cell in the foreground")
@@ -262,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=12, help="log lines shown per failed cell (default: 12)")
     p.set_defaults(fn=cmd_status)
 
-    p = sub.add_parser("report", help="table (Markdown, CSV) and plot of a grid's finished cells")
-    p.add_argument("file", help="grid YAML file, or a name in grids/")
+    p = sub.add_parser("report", help="tables (Markdown, CSV; LaTeX for published tables) and plots of finished cells")
+    p.add_argument("file", help="grid YAML file, a name in grids/, or a published table (clmerge list tables)")
+    p.add_argument("--seeds", type=int, default=None, help="published tables: seeds per cell (default: the table's)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("stream", help="print a benchmark's tasks and classes")

@@ -1,10 +1,10 @@
 """SLURM dispatch: a grid's unfinished cells as one submitit job array, a ledger of submissions, queue states.
 
     profile (slurm/NAME.yaml) ──► SlurmExecutor ──► one array, one cell per element (CellsJob, Checkpointable)
-    results/slurm/ledger.json      run_id → [{job_id, submitted, stdout, stderr, grid}], newest last
-    results/slurm/jobs/<job id>/   submitit's pickles and the job's stdout/stderr logs
+    results/jobs/slurm/ledger.json   run_id → [{job_id, submitted, stdout, stderr, grid}], newest last
+    results/jobs/slurm/<job id>/     submitit's pickles and the job's stdout/stderr logs
 
-Never running a cell twice takes two locks. Submissions hold `results/slurm/.ledger.lock` while they look at the
+Never running a cell twice takes two locks. Submissions hold `results/jobs/slurm/.ledger.lock` while they look at the
 queue and submit, so a second submission of the same grid sees the first one's jobs and skips their cells. A job
 takes the cell's own `.lock` (harness/run.py) while it runs, so a cell started twice anyway (e.g. by a local run)
 runs once; the other job reports it "busy" and ends normally.
@@ -18,6 +18,7 @@ lists the job, from sacct after — never as an endless "running".
 from __future__ import annotations
 
 import datetime
+import getpass
 import os
 import subprocess
 import time
@@ -110,7 +111,8 @@ def make_executor(profile: SlurmProfile, folder: Path):
 
 
 def slurm_dir(root: Path | None = None) -> Path:
-    return Path(root or results_dir()) / "slurm"
+    """results/jobs/slurm: next to the local executor's job folders (results/jobs/<pid>), git-ignored with them."""
+    return Path(root or results_dir()) / "jobs" / "slurm"
 
 
 def read_ledger(root: Path | None = None) -> dict[str, list[dict]]:
@@ -173,7 +175,7 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
         return {}
     out: dict[str, JobState] = {}
     try:
-        text = _slurm("squeue", "--me", "-r", "-h", "-t", "all", "-o", "%i|%T|%M|%r")
+        text = _slurm("squeue", "-u", getpass.getuser(), "-r", "-h", "-t", "all", "-o", "%i|%T|%M|%r")
     except FileNotFoundError as exc:
         raise QueueError("squeue not found: is this a SLURM login node?") from exc
     for line in text.splitlines():
@@ -233,7 +235,7 @@ def submit(
                 skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
         if not todo:
             return Submission([], {}, skipped)
-        ex = make_executor(profile, slurm_dir(root) / "jobs" / "%j")
+        ex = make_executor(profile, slurm_dir(root) / "%j")
         exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
         n = len(todo)
         jobs = ex.map_array(CellsJob(), [[c.to_dict()] for c in todo], [exec_cfg] * n, [str(root)] * n)
@@ -251,11 +253,17 @@ def submit(
     return Submission(todo, {rid: e["job_id"] for rid, e in entries.items()}, skipped)
 
 
-def wait(cells: list[RunConfig], root: Path | None = None, poll_s: float = 5.0, log: Callable[[str], None] = print):
-    """Block until none of `cells` is pending or running; log each change of state. Returns the final statuses."""
+def wait(
+    cells: list[RunConfig], root: Path | None = None, poll_s: float = 5.0, log: Callable[[str], None] = print,
+    unknown_for_s: float = 300.0,
+):
+    """Block until none of `cells` is pending or running; log each change of state. Returns the final statuses.
+
+    A controller that does not answer (state "unknown") is waited out for `unknown_for_s`, then given up on."""
     from harness.status import cell_statuses
 
     seen: dict[str, str] = {}
+    unknown_since: float | None = None
     while True:
         statuses = cell_statuses(cells, root)
         for st in statuses:
@@ -263,7 +271,12 @@ def wait(cells: list[RunConfig], root: Path | None = None, poll_s: float = 5.0, 
             if seen.get(rid) != st.state:
                 seen[rid] = st.state
                 log(f"  [{st.state}] {st.cfg.benchmark} × {st.cfg.method} × seed {st.cfg.seed}" + (f" (job {st.job_id})" if st.job_id else ""))
-        if not any(st.state in ("pending", "running") for st in statuses):
+        if any(st.state == "unknown" for st in statuses):
+            unknown_since = unknown_since or time.time()
+        else:
+            unknown_since = None
+        waiting = any(st.state in ("pending", "running") for st in statuses)
+        if not waiting and (unknown_since is None or time.time() - unknown_since > unknown_for_s):
             return statuses
         time.sleep(poll_s)
 
@@ -275,7 +288,7 @@ def slurm_available() -> str | None:
     if not which("sbatch"):
         return "sbatch not found (SLURM client tools not installed)"
     try:
-        _slurm("squeue", "--me", "-h", "-o", "%i")
+        _slurm("squeue", "-u", getpass.getuser(), "-h", "-o", "%i")
     except QueueError as exc:
         hint = "" if os.environ.get("SLURM_CONF") else " (SLURM_CONF is not set; for the dev cluster: eval \"$(slurm/dev-cluster.sh env)\")"
         return f"SLURM does not answer: {exc}{hint}"

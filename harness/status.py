@@ -102,18 +102,22 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
         if last is None and not err.exists():
             out.append(CellStatus(c, "todo"))
             continue
-        detail = []
+        detail, trace = [], ""
         st = states.get(jid)
         if st is not None:
             detail.append(f"job {st.state}" + (" (ended without a result)" if st.state == "COMPLETED" else ""))
         if err.exists():
             try:
-                detail.append(json.loads(err.read_text())["error"])
+                e = json.loads(err.read_text())
+                detail.append(e["error"])
+                trace = e.get("traceback", "")
             except (ValueError, KeyError, OSError):
                 pass
         lines = tail(last["stderr"], tail_lines) if last else []
         if last and not lines:
             lines = tail(last["stdout"], tail_lines)
+        if not lines:  # a local run: its recorded traceback
+            lines = trace.splitlines()[-tail_lines:]
         out.append(CellStatus(c, "failed", jid, st.elapsed if st else "", "; ".join(detail), lines))
     return out
 

@@ -118,7 +118,7 @@ def test_local_executor_pre_timeout_signal_requeues_and_resumes_exactly(results)
 def test_local_dispatch_after_sigkill_resumes_exactly(results):
     """SIGKILL (no signal handler runs: OOM killer, node loss) mid-task under `dispatch(executor="local")`: the
     cell is reported failed, never hangs; dispatching again resumes it from the epoch checkpoint and it matches."""
-    cfg = resolve("split-digits-2x5", "joint", seed=7, overrides={**FAST, "train.epochs": 12})
+    cfg = resolve("split-digits-2x5", "joint", seed=7, overrides={**FAST, "train.epochs": 6})
     d = run_dir(cfg)
     first: list = []
     t = threading.Thread(target=lambda: first.extend(dispatch([cfg], "local", results, max_parallel=1, log=lambda _: None)))

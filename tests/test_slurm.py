@@ -130,8 +130,11 @@ def test_array_completes_and_report_equals_local(slurm_cluster, tmp_path, result
     assert st.returncode == 0 and st.stdout.count("\ndone ") == 4, st.stdout
 
 
-def test_pre_timeout_signal_requeues_resumes_and_matches(slurm_cluster, tmp_path, results):
-    grid = _grid(tmp_path, "sig", ["seq-lora"], [5], **{"train.epochs": 20})  # long enough to be signalled mid-run
+def test_pre_timeout_signal_and_external_requeue_resume_and_match(slurm_cluster, tmp_path, results):
+    """USR2 mid-task (what SLURM sends before the time limit): submitit's checkpoint() requeues the job, which resumes
+    from the epoch checkpoint. Then `scontrol requeue` (as on preemption: no signal handler, just killed and
+    restarted): the job resumes from disk again. The result equals an uninterrupted run's."""
+    grid = _grid(tmp_path, "sig", ["seq-lora"], [5], **{"train.epochs": 60})  # long enough to be interrupted twice
     (cfg,) = expand(load_grid(grid))
     d = run_dir(cfg, results)
     assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
@@ -139,15 +142,19 @@ def test_pre_timeout_signal_requeues_resumes_and_matches(slurm_cluster, tmp_path
     job = _job_of(cfg, results)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     t0 = time.time()
+    resumes = lambda: len(re.findall(r"resumed (at task \d+, epoch \d+|after task \d+)", (d / "events.log").read_text()))  # noqa: E731
+    _wait_for(lambda: resumes() == 1, 300, "the signalled job to be requeued and to resume")
+    print(f"\n[test_slurm] USR2 → requeued → resumed in {time.time() - t0:.1f} s", file=sys.stderr)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    t0 = time.time()
     reference = _reference(cfg)  # meanwhile
-    _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
-    print(f"\n[test_slurm] USR2 → requeued → finished in {time.time() - t0:.1f} s", file=sys.stderr)
+    _wait_for(lambda: is_complete(d), 300, "the externally requeued job to finish the cell")
+    print(f"[test_slurm] scontrol requeue → finished in {time.time() - t0:.1f} s", file=sys.stderr)
     events = (d / "events.log").read_text()
-    assert "interrupted: job requeued" in events and re.search(r"resumed (at task \d, epoch \d|after task \d)", events), events
-    assert _starts(cfg, results) == 2 and f"job={job} " in events
+    assert events.count("interrupted: job requeued") == 1 and resumes() == 2 and _starts(cfg, results) == 3, events
+    assert f"job={job} " in events and read_ledger(results)[cfg.run_id()][-1]["job_id"] == job  # nothing resubmitted
     r = json.loads((d / "result.json").read_text())
     assert r["acc_matrix"] == reference.acc and r["task_aware_matrix"] == reference.task_aware
-    assert read_ledger(results)[cfg.run_id()][-1]["job_id"] == job  # the same job resumed; nothing resubmitted
 
 
 def test_scancel_is_reported_failed_within_a_minute_and_retry_completes(slurm_cluster, tmp_path, results):
@@ -198,7 +205,7 @@ def test_jobs_that_bypass_the_ledger_still_run_a_cell_once(slurm_cluster, tmp_pa
 
     grid = _grid(tmp_path, "lock", ["seq-lora"], [9])
     (cfg,) = expand(load_grid(grid))
-    ex = make_executor(load_profile(PROFILE), results / "slurm" / "jobs" / "%j")
+    ex = make_executor(load_profile(PROFILE), results / "jobs" / "slurm" / "%j")
     args = [[cfg.to_dict()], {"threads": 1, "progress": False, "device": "cpu"}, str(results)]
     jobs = ex.map_array(CellsJob(), [args[0]] * 2, [args[1]] * 2, [args[2]] * 2)
     outcomes = sorted(o["status"] for j in jobs for o in j.result())

@@ -64,11 +64,11 @@ def _cells(n: int):
 def _ledger(root: Path, jobs: dict[str, str]) -> None:
     cells = {}
     for rid, jid in jobs.items():
-        log = root / "slurm" / "jobs" / jid / f"{jid}_0_log.err"
+        log = root / "jobs" / "slurm" / jid / f"{jid}_0_log.err"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("".join(f"line {i}\n" for i in range(30)) + f"slurmstepd: *** JOB {jid} CANCELLED ***\n")
         cells[rid] = [{"job_id": jid, "submitted": "t", "grid": "g", "stdout": str(log).replace(".err", ".out"), "stderr": str(log)}]
-    atomic_write_json(root / "slurm" / "ledger.json", {"cells": cells})
+    atomic_write_json(root / "jobs" / "slurm" / "ledger.json", {"cells": cells})
 
 
 def test_status_decisions(results, monkeypatch):
