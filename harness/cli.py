@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, unknown
 
 
 def _add_exec(p: argparse.ArgumentParser) -> None:
@@ -63,13 +63,36 @@ def cmd_run(args) -> int:
     return 0 if outcome.status in ("done", "skipped") else 1
 
 
+def _target(name_or_file: str, seeds: int | None = None):
+    """A grid (file or name in grids/) or a published table: (name, cells, function printing its report)."""
+    if _is_grid(name_or_file):
+        from harness.grid import expand, load_grid
+
+        grid = load_grid(name_or_file)
+        return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid))
+    from harness.leaderboard import available_tables, table_cells, write_report
+
+    if name_or_file not in available_tables():
+        from harness.grid import available_grids
+
+        raise unknown("grid or table", name_or_file, sorted(set(available_grids()) | set(available_tables())))
+
+    def show() -> None:
+        md, paths = write_report(name_or_file, seeds=seeds)
+        print(md)
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+
+    return name_or_file, table_cells(name_or_file, seeds=seeds), show
+
+
 def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -> int:
     from harness.dispatch import dispatch, pending
-    from harness.grid import expand, load_grid
     from harness.run import clear
 
-    grid = load_grid(name_or_file)
-    cells = expand(grid)
+    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None))
+    if not cells:
+        print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     if args.dry_run:
         todo = {c.run_id() for c in pending(cells)}
         for c in cells:
@@ -78,7 +101,7 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         print(f"{len(cells)} cells, {len(todo)} to run")
         return 0
     if args.executor == "slurm":
-        return _run_grid_slurm(grid, cells, args, report_after)
+        return _run_grid_slurm(name, cells, args, show_report if report_after else None)
     if args.profile or args.wait:
         raise ConfigError("--profile and --wait are for --executor slurm")
     if args.force:
@@ -96,7 +119,7 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
-        _print_report(grid.name, expand(grid))
+        show_report()
     if failed:
         print(f"\n{len(failed)} cell(s) failed:", file=sys.stderr)
         for o in failed:
@@ -111,7 +134,7 @@ def _failed(cells):
     return [s.cfg for s in cell_statuses(cells) if s.state == "failed"]
 
 
-def _run_grid_slurm(grid, cells, args, report_after: bool) -> int:
+def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
     it), or with --wait block until every cell is done or failed, then report."""
     from harness.run import clear
@@ -133,7 +156,7 @@ def _run_grid_slurm(grid, cells, args, report_after: bool) -> int:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
     _ensure_backbones(cells)
-    sub = submit(cells, profile, grid=grid.name, retry_failed=args.retry_failed)
+    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
         reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
@@ -148,8 +171,8 @@ def _run_grid_slurm(grid, cells, args, report_after: bool) -> int:
         return 0
     statuses = wait(cells)
     failed = [s for s in statuses if s.state != "done"]
-    if report_after:
-        _print_report(grid.name, cells)
+    if show_report is not None:
+        show_report()
     if failed:
         print("\n" + format_statuses(failed), file=sys.stderr)
         return 1
@@ -185,10 +208,9 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from harness.grid import expand, load_grid
     from harness.status import cell_statuses, format_statuses
 
-    statuses = cell_statuses(expand(load_grid(args.file)), tail_lines=args.lines)
+    statuses = cell_statuses(_target(args.file)[1], tail_lines=args.lines)
     print(format_statuses(statuses))
     return 1 if any(s.state == "failed" for s in statuses) else 0
 
@@ -201,23 +223,8 @@ def _is_grid(name: str) -> bool:
 
 def cmd_report(args) -> int:
     """A grid's report (mean ± std per benchmark × method), or a published table's (ours vs paper, verdicts)."""
-    if _is_grid(args.file):
-        from harness.grid import expand, load_grid
-
-        grid = load_grid(args.file)
-        _print_report(grid.name, expand(grid))
-        return 0
-    from harness.leaderboard import available_tables, write_report
-
-    if args.file not in available_tables():
-        from harness.errors import unknown
-        from harness.grid import available_grids
-
-        raise unknown("grid or table", args.file, available_grids() + available_tables())
-    md, paths = write_report(args.file, seeds=args.seeds)
-    print(md)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    _, _, show_report = _target(args.file, args.seeds)
+    show_report()
     return 0
 
 
@@ -277,13 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(p)
     p.set_defaults(fn=cmd_grid)
 
-    p = sub.add_parser("reproduce", help="run a named grid (e.g. smoke) and print its report")
-    p.add_argument("table", help="grid name, e.g. smoke")
+    p = sub.add_parser("reproduce", help="run a published table's (or a grid's) missing cells, then report")
+    p.add_argument("table", help="table from `clmerge list tables` (e.g. pm-merging), or a grid (e.g. smoke)")
+    p.add_argument("--seeds", type=int, default=None, help="published tables: seeds per cell (default: the table's)")
     _grid_args(p)
     p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("status", help="every cell of a grid: done / running / pending / failed (+ log tail), job, time")
-    p.add_argument("file", help="grid YAML file, or a name in grids/")
+    p.add_argument("file", help="grid YAML file, a name in grids/, or a published table")
     p.add_argument("--lines", type=int, default=12, help="log lines shown per failed cell (default: 12)")
     p.set_defaults(fn=cmd_status)
 

@@ -16,8 +16,9 @@ def clmerge(*args, env=None):
         (["run", "--benchmark", "nope", "--method", "seq-lora"], "unknown benchmark 'nope'; valid: split-digits"),
         (["run", "--benchmark", "split-digits", "--method", "nope"], "unknown method 'nope'; valid:"),
         (["run", "--benchmark", "split-digits", "--method", "seq-lora", "--set", "train.epoch=2"], "unknown key 'train.epoch'"),
-        (["grid", "missing.yaml"], "neither a file nor a name in grids/"),
-        (["report", "nope"], "neither a file nor a name in grids/"),
+        (["grid", "missing.yaml"], "unknown grid or table 'missing.yaml'"),
+        (["report", "nope"], "unknown grid or table 'nope'; valid: digits-2x5, inflora-logs, inr-5-10-20"),
+        (["reproduce", "pm-mergin"], "unknown grid or table 'pm-mergin'"),
     ],
 )
 def test_bad_input_exits_non_zero_with_message(args, message):
@@ -50,3 +51,15 @@ def test_run_one_cell(results):
     p = clmerge("run", "--benchmark", "split-digits-2x5", "--method", "seq-lora", "--set", "backbone.preset=vit-micro-test", "--set", "train.epochs=1")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("done: ") and "A_last" in p.stdout
+
+
+def test_report_of_a_published_table_without_runs(results):
+    p = clmerge("report", "pm-merging")
+    assert p.returncode == 0, p.stderr
+    assert "| cifar100-10 | P&M | pm | A_last | – | 88.45 |" in p.stdout
+    assert (results / "tables" / "pm-merging.tex").exists()
+
+
+def test_list_tables():
+    out = clmerge("list", "tables").stdout
+    assert {"pm-merging", "pm-ablation", "trm"} <= {line.split()[0] for line in out.splitlines()}
