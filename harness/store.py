@@ -3,6 +3,8 @@
     results/runs/<benchmark>/<method>/<run_id>/
         config.json      written when the run starts
         checkpoint.pt    after every task (removed when the run completes)
+        checkpoint.epoch.pt  after every epoch: optimiser, scheduler and every RNG state too (mid-task resume)
+        events.log       one line per start, resume, requeue, busy, failure, completion
         result.json      written atomically at the very end: its presence is what "finished" means
         error.json       the last failure (traceback), if any
         .lock            held while the run executes, so two workers never run the same cell
