@@ -207,7 +207,7 @@ def test_pm_draws_are_seeded_and_the_loss_is_one_of_the_three_perturbed_losses()
     losses = []
     for s in SIGNS:
         with method.perturbed(model, task, s):
-            losses.append(float(Method.training_loss(method, model, x, y, task)))
+            losses.append(float(Method.training_loss(method, model, x, y, task).detach()))
     assert len(set(losses)) == 3
     rng = torch.get_rng_state()
     values = [float(method.training_loss(model, x, y, task)) for _ in range(12)]
