@@ -17,7 +17,7 @@ import yaml
 
 from harness.backbone import BackboneConfig
 from harness.errors import ConfigError
-from harness.schema import coerce, field_names, from_dict, to_dict
+from harness.schema import field_names, from_dict, to_dict
 
 
 @dataclass

@@ -36,7 +36,7 @@ from harness.config import TOP_LEVEL_KEYS, RunConfig, TrainConfig, resolve
 from harness.errors import ConfigError, unknown
 from harness.io import atomic_write_text
 from harness.paths import project_root, results_dir
-from harness.schema import field_names, from_dict, load_yaml
+from harness.schema import field_names, from_dict, load_named_yaml, load_yaml
 
 # --------------------------------------------------------------------------------------------------------------------
 # Names that are not registered yet but are known to be coming (other issues). Anything else unknown is a typo.
@@ -392,17 +392,7 @@ def available_tables() -> list[str]:
 
 def load_table(name_or_path: str | Path) -> TableSpec:
     """Schema-validated table definition, by name (tables/<name>.yaml) or path. Registry checks: `resolve_table`."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = tables_dir() / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise unknown("table", str(name_or_path), available_tables())
-    elif not path.exists():
-        raise ConfigError(f"table file {path} does not exist")
-    spec = load_yaml(TableSpec, path)
-    if path.parent == tables_dir() and spec.name != path.stem:
-        raise ConfigError(f"{path}: name {spec.name!r} must equal the file name {path.stem!r}")
-    return spec
+    return load_named_yaml(TableSpec, name_or_path, tables_dir(), "table")
 
 
 def _check_override_keys(overrides: dict[str, Any], method: str | None, where: str) -> None:

@@ -121,6 +121,24 @@ def load_yaml(cls: type[T], path: Path) -> T:
     return from_dict(cls, data, str(path))
 
 
+def load_named_yaml(cls: type[T], name_or_path: str | Path, folder: Path, kind: str) -> T:
+    """Load `<folder>/<name>.yaml` by name, or any YAML file by path; a file in `folder` must carry its file name
+    as its `name` (so a name always means one file)."""
+    from harness.errors import unknown
+
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = folder / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise unknown(kind, str(name_or_path), sorted(p.stem for p in folder.glob("*.yaml")))
+    elif not path.exists():
+        raise ConfigError(f"{kind} file {path} does not exist")
+    obj = load_yaml(cls, path)
+    if path.parent == folder and getattr(obj, "name") != path.stem:
+        raise ConfigError(f"{path}: name {getattr(obj, 'name')!r} must equal the file name {path.stem!r}")
+    return obj
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass → plain JSON-able dict (tuples become lists)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -7,12 +7,11 @@ order, the image preprocessing and the protocol defaults (backbone preset, train
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import ConfigError, unknown
 from harness.paths import datasets_dir
-from harness.schema import load_yaml
+from harness.schema import load_named_yaml
 
 SOURCE_KINDS = ("sklearn-digits",)
 
@@ -121,14 +120,4 @@ def available_benchmarks() -> list[str]:
 
 def load_spec(name_or_path: str) -> BenchmarkSpec:
     """Load and validate a benchmark by name (`datasets/<name>.yaml`) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = datasets_dir() / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise unknown("benchmark", name_or_path, available_benchmarks())
-    elif not path.exists():
-        raise ConfigError(f"benchmark file {path} does not exist")
-    spec = load_yaml(BenchmarkSpec, path)
-    if path.parent == datasets_dir() and spec.name != path.stem:
-        raise ConfigError(f"{path}: name {spec.name!r} must equal the file name {path.stem!r}")
-    return spec
+    return load_named_yaml(BenchmarkSpec, name_or_path, datasets_dir(), "benchmark")
