@@ -1,7 +1,6 @@
 """Grid expansion, submitit dispatch (local and debug executors), skip of finished cells, and the report."""
 
 import json
-import math
 
 import numpy as np
 import pytest
