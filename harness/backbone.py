@@ -276,11 +276,16 @@ class CLModel(nn.Module):
     def drop_adapter(self, name: str) -> None:
         self.vit.delete_adapter(name)
 
+    def pop_adapter(self, name: str) -> dict[str, torch.Tensor]:
+        """Drop adapter `name` without touching the merged weights; return its ΔW (for methods that merge themselves)."""
+        d = self.delta(name)
+        self.drop_adapter(name)
+        return d
+
     def fold_adapter(self, name: str, coef: float | dict[str, float] = 1.0) -> dict[str, torch.Tensor]:
         """Fold coef·ΔW of adapter `name` into the merged weights, drop the adapter, return ΔW."""
-        d = self.delta(name)
+        d = self.pop_adapter(name)
         self.add_to_weights(d, coef)
-        self.drop_adapter(name)
         return d
 
     @contextlib.contextmanager

@@ -73,6 +73,7 @@ class Method:
         self.ctx = ctx
         self.train_cfg = ctx.config.train
         self.seed = ctx.config.seed
+        self.record: dict = {}  # facts about the last finished task (e.g. α_t), stored in the run's results
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def task_seed(self, *parts: object) -> int:
@@ -104,6 +105,15 @@ class Method:
     def end_task(self, model: "CLModel", task: "Task", data: TaskData) -> None:
         raise NotImplementedError
 
+    def task_fisher(self, model: "CLModel", task: "Task", data: TaskData) -> dict[str, torch.Tensor]:
+        """Diagonal empirical Fisher (harness/fisher.py) at the current point over one pass of the task's data, of the
+        base loss: CE of the current head on local labels — never a subclass's perturbed or regularised loss."""
+        from harness.fisher import empirical_fisher
+
+        return empirical_fisher(
+            model, data.batches(self.train_cfg.batch_size), lambda x, y: Method.training_loss(self, model, x, y, task)
+        )
+
     def eval_model(self, model: "CLModel") -> "CLModel":
         return model
 
@@ -130,5 +140,5 @@ class Method:
             g.set_state(v)
 
     def task_record(self, task: "Task") -> dict:
-        """Per-task facts stored in the run's results (e.g. merge coefficients)."""
-        return {}
+        """Per-task facts stored in the run's results (e.g. merge coefficients): what `end_task` put in `record`."""
+        return self.record

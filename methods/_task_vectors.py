@@ -38,7 +38,6 @@ class TaskVectorMerge(Method):
         super().__init__(params, ctx)
         self.w0: Tensors | None = None  # pretrained weights of the adapted matrices
         self.start_tv: Tensors | None = None  # start point of the next task, relative to W0 (None: W0)
-        self._record: dict = {}
 
     # ---- to implement --------------------------------------------------------------------------------------
     def absorb(self, tau: Tensors, task) -> None:
@@ -63,9 +62,7 @@ class TaskVectorMerge(Method):
 
     def end_task(self, model, task, data) -> None:
         assert self.w0 is not None
-        name = self.adapter_name(task)
-        delta = model.delta(name)
-        model.drop_adapter(name)
+        delta = model.pop_adapter(self.adapter_name(task))
         start = self.start_tv or {}
         # τ in the weights' dtype, so accumulators match the model's precision
         tau = {n: (start[n] + d if n in start else d).to(self.w0[n].dtype) for n, d in delta.items()}
@@ -74,9 +71,6 @@ class TaskVectorMerge(Method):
         model.set_weights({n: self.w0[n] + merged[n].to(self.w0[n].dtype) for n in self.w0})
         mode = self.params.start
         self.start_tv = merged if mode == "merged" else tau if mode == "sequential" else None
-
-    def task_record(self, task) -> dict:
-        return self._record
 
     def state_dict(self) -> dict:
         return {"w0": self.w0, "start_tv": self.start_tv, "acc": self.acc_state()}

@@ -35,7 +35,7 @@ class Average(TaskVectorMerge):
     def absorb(self, tau, task) -> None:
         self.total = add(self.total, tau)
         self.count += 1
-        self._record = {"weight": 1.0 / self.count}
+        self.record = {"weight": 1.0 / self.count}
 
     def merged(self):
         return {n: t / self.count for n, t in self.total.items()}

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from harness.errors import ConfigError
-from harness.fisher import empirical_fisher
 from harness.merging import cofima
 from harness.method import Method
 from harness.registry import register
@@ -45,30 +44,22 @@ class CoFiMA(Method):
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self.f_prev = None
-        self._record: dict = {}
 
     def end_task(self, model, task, data) -> None:
-        name = self.adapter_name(task)
-        fisher = empirical_fisher(
-            model, data.batches(self.train_cfg.batch_size), lambda x, y: Method.training_loss(self, model, x, y, task)
-        )
+        fisher = self.task_fisher(model, task, data)
         prev = {n: t.detach().clone() for n, t in model.merged_weights().items()}
-        delta = model.delta(name)
-        model.drop_adapter(name)
+        delta = model.pop_adapter(self.adapter_name(task))
         new = {n: prev[n] + delta[n] for n in prev}
         if self.f_prev is None:  # the first task is kept as trained
             model.set_weights(new)
-            self._record = {"w": 1.0}
+            self.record = {"w": 1.0}
         else:
             model.set_weights(cofima(prev, new, self.f_prev, fisher, self.params.w, self.params.fisher_max))
-            self._record = {"w": self.params.w}
+            self.record = {"w": self.params.w}
         if self.params.fisher_max is not None:
             clipped = sum(int((f > self.params.fisher_max).sum()) for f in fisher.values())
-            self._record["fisher_clipped_fraction"] = clipped / sum(f.numel() for f in fisher.values())
+            self.record["fisher_clipped_fraction"] = clipped / sum(f.numel() for f in fisher.values())
         self.f_prev = {n: f.float() for n, f in fisher.items()}
-
-    def task_record(self, task) -> dict:
-        return self._record
 
     def state_dict(self) -> dict:
         return {"f_prev": self.f_prev}

@@ -36,18 +36,9 @@ class CoMA(Method):
     constant_memory = True
     reconstruction = "P&M's 'CoMA' row: its weight is not stated; the CoMA code's w = 0.5 is assumed"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self._record: dict = {}
-
     def end_task(self, model, task, data) -> None:
-        name = self.adapter_name(task)
         w = 1.0 if task.index == 0 else self.params.w
         prev = {n: t.detach().clone() for n, t in model.merged_weights().items()}
-        delta = model.delta(name)
-        model.drop_adapter(name)
+        delta = model.pop_adapter(self.adapter_name(task))
         model.set_weights(coma(prev, {n: prev[n] + delta[n] for n in prev}, w))
-        self._record = {"w": w}
-
-    def task_record(self, task) -> dict:
-        return self._record
+        self.record = {"w": w}

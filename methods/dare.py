@@ -19,7 +19,8 @@ from harness.errors import ConfigError
 from harness.merging import dare
 from harness.registry import register
 from harness.seeding import generator
-from methods._task_vectors import Start, TaskVectorMerge, add
+from methods._task_vectors import Start
+from methods.avg import Average
 
 
 @dataclass
@@ -35,30 +36,19 @@ class Params:
 
 
 @register
-class Dare(TaskVectorMerge):
+class Dare(Average):
     name = "dare"
     description = "DARE: randomly drop p of each task vector, rescale by 1/(1−p), then average the task vectors"
     Params = Params
     reconstruction = "P&M's 'DARE' row: drop rate and combination not stated; p = 0.5 and averaging assumed"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self.total = None
-        self.count = 0
-
     def absorb(self, tau, task) -> None:
         dropped = dare(tau, self.params.p, generator(self.seed, "dare", task.index))
-        self.total = add(self.total, dropped)
-        self.count += 1
+        super().absorb(dropped, task)  # the running sum and count of model averaging, on the DARE'd vectors
         kept = sum(int((d != 0).sum()) for d in dropped.values()) / max(1, sum(t.numel() for t in tau.values()))
-        self._record = {"kept_fraction": kept}
+        self.record = {"kept_fraction": kept}
 
     def merged(self):
-        c = 1.0 / self.count if self.params.combine == "average" else self.params.lam
-        return {n: c * t for n, t in self.total.items()}
-
-    def acc_state(self) -> dict:
-        return {"total": self.total, "count": self.count}
-
-    def load_acc_state(self, state: dict) -> None:
-        self.total, self.count = state["total"], state["count"]
+        if self.params.combine == "average":
+            return super().merged()
+        return {n: self.params.lam * t for n, t in self.total.items()}

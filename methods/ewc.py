@@ -50,7 +50,6 @@ class EWC(Method):
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self.fisher: dict[str, torch.Tensor] | None = None
-        self._record: dict = {}
 
     def penalty(self, model, task) -> torch.Tensor:
         """(λ/2) Σ_m ⟨F_m, ΔW_m²⟩ of the current task's LoRA, in fp32."""
@@ -83,13 +82,11 @@ class EWC(Method):
         f_t = empirical_fisher(model, data.batches(self.train_cfg.batch_size), self._fisher_loss(model, task))
         f_t = {n: f.float() for n, f in f_t.items()}
         if self.fisher is not None and self.params.lam > 0:
-            self._record = {"penalty_at_end": float(self.penalty(model, task).detach())}
+            self.record = {"penalty_at_end": float(self.penalty(model, task).detach())}
         model.fold_adapter(self.adapter_name(task), 1.0)
         d = self.params.decay
         self.fisher = f_t if self.fisher is None else {n: d * self.fisher[n] + (1 - d) * f_t[n] for n in f_t}
 
-    def task_record(self, task) -> dict:
-        return self._record
 
     def state_dict(self) -> dict:
         return {"fisher": self.fisher}

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.fisher import empirical_fisher
 from harness.merging import Alpha, pm_alpha_stream, pm_stream_update
 from harness.method import Method
 from harness.registry import register
@@ -68,7 +67,6 @@ class PerturbAndMerge(Method):
         self.dhat: dict[str, torch.Tensor] | None = None  # θ̂ − W0
         self._rng: torch.Generator | None = None
         self._counts = [0, 0, 0]
-        self._record: dict = {}
 
     # ---- training with perturbation -------------------------------------------------------------------------
     def begin_task(self, model, task) -> None:
@@ -122,14 +120,6 @@ class PerturbAndMerge(Method):
             return super().training_loss(model, x, y, task)
 
     # ---- merging -----------------------------------------------------------------------------------------------
-    def task_fisher(self, model, task, data) -> dict[str, torch.Tensor]:
-        """F_t at the trained point: unperturbed CE of the current head on local labels (Method.training_loss)."""
-        return empirical_fisher(
-            model,
-            data.batches(self.train_cfg.batch_size),
-            lambda x, y: Method.training_loss(self, model, x, y, task),
-        )
-
     def end_task(self, model, task, data) -> None:
         name = self.adapter_name(task)
         fisher = self.task_fisher(model, task, data)
@@ -137,12 +127,9 @@ class PerturbAndMerge(Method):
         alpha: Alpha = pm_alpha_stream(self.s0, self.s1, self.dhat, fisher, delta, self.params.per_module)
         model.fold_adapter(name, alpha)
         self.s0, self.s1, self.dhat = pm_stream_update(self.s0, self.s1, self.dhat, fisher, delta, alpha)
-        self._record = {"alpha": alpha}
+        self.record = {"alpha": alpha}
         if self.params.perturbation != "none":
-            self._record["perturbation_draws"] = dict(zip(("0", "+1", "-1"), self._counts))
-
-    def task_record(self, task) -> dict:
-        return self._record
+            self.record["perturbation_draws"] = dict(zip(("0", "+1", "-1"), self._counts))
 
     def rng_state(self) -> dict:
         # the draw counters advance with the perturbation generator and are reset by begin_task

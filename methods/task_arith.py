@@ -33,7 +33,7 @@ class TaskArithmetic(TaskVectorMerge):
 
     def absorb(self, tau, task) -> None:
         self.total = add(self.total, tau)
-        self._record = {"lam": self.params.lam}
+        self.record = {"lam": self.params.lam}
 
     def merged(self):
         return {n: self.params.lam * t for n, t in self.total.items()}
