@@ -8,6 +8,18 @@ def _model(**kw) -> CLModel:
     return CLModel(BackboneConfig(preset="vit-micro-test", **kw))
 
 
+def _with_adapter(heads: int = 0) -> CLModel:
+    """A model with adapter 't0' whose B is random (a fresh LoRA has B = 0, i.e. ΔW = 0) and `heads` outputs."""
+    m = _model()
+    if heads:
+        m.heads.add(heads, seed=0)
+    m.add_adapter("t0", seed=1)
+    with torch.no_grad():
+        for layer in m.lora_layers().values():
+            layer.lora_B["t0"].weight.normal_()
+    return m
+
+
 def test_split_qkv_equals_fused():
     fused = torch.nn.Linear(8, 24)
     split = SplitQKV(fused)
@@ -42,12 +54,7 @@ def test_training_changes_k_v_and_leaves_q_bit_identical():
 
 
 def test_fold_equals_unmerged_forward_and_delta_is_dense_product():
-    m = _model()
-    m.heads.add(4, seed=0)
-    m.add_adapter("t0", seed=1)
-    with torch.no_grad():
-        for layer in m.lora_layers().values():
-            layer.lora_B["t0"].weight.normal_()
+    m = _with_adapter(heads=4)
     x = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
         before = m(x)
@@ -62,11 +69,8 @@ def test_fold_equals_unmerged_forward_and_delta_is_dense_product():
 
 
 def test_adapter_output_scale_scales_the_product_not_the_factors():
-    m = _model()
-    m.add_adapter("t0", seed=1)
+    m = _with_adapter()
     layer = next(iter(m.lora_layers().values()))
-    with torch.no_grad():
-        layer.lora_B["t0"].weight.normal_()
     x = torch.randn(2, 5, layer.in_features)
     base = layer.get_base_layer()(x)
     with torch.no_grad():
@@ -78,12 +82,7 @@ def test_adapter_output_scale_scales_the_product_not_the_factors():
 
 
 def test_trainable_state_round_trip():
-    m = _model()
-    m.heads.add(2, seed=0)
-    m.add_adapter("t0", seed=1)
-    with torch.no_grad():
-        for layer in m.lora_layers().values():
-            layer.lora_B["t0"].weight.normal_()
+    m = _with_adapter(heads=2)
     state = m.trainable_state()
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
