@@ -41,6 +41,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def atomic_savefig(fig: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -27,15 +27,15 @@ import fnmatch
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.config import TOP_LEVEL_KEYS, RunConfig, TrainConfig, resolve
 from harness.errors import ConfigError, unknown
-from harness.io import atomic_write_text
+from harness.io import atomic_savefig, atomic_write_text
 from harness.paths import project_root, results_dir
+from harness.report import mean_std
 from harness.schema import field_names, from_dict, load_named_yaml, load_yaml
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -638,8 +638,7 @@ def summarize(resolved: ResolvedTable, root: Path | None = None) -> list[Line]:
         done = [results[c.run_id()] for c in e.cells
                 if c.run_id() in results and results[c.run_id()].get("metrics", {}).get(e.metric) is not None]
         vals = np.array([100.0 * float(r["metrics"][e.metric]) for r in done], dtype=float)
-        mean = float(vals.mean()) if len(vals) else math.nan
-        std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        mean, std = mean_std(vals)
         pub = e.published
         pv = pub.value if pub else None
         ps = pub.std if pub else None
@@ -947,16 +946,7 @@ def _render_grid_latex(resolved: ResolvedTable, lines: list[Line], env: dict[str
 
 
 def _savefig(fig, path: Path) -> None:
-    """Write a figure atomically (temporary file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def _pyplot():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import RunConfig
-from harness.io import atomic_write_text
+from harness.io import atomic_savefig, atomic_write_text
 from harness.paths import results_dir
 from harness.store import load_result
 
@@ -24,6 +24,14 @@ DEFINITION = (
     "A_avg = mean_t A_t; Forgetting = mean over old tasks of (best-ever − final) accuracy; Task-aware = each sample "
     "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %."
 )
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1) over seeds; NaN mean with no value, NaN std with fewer than two."""
+    vals = np.asarray(values, dtype=float)
+    mean = float(vals.mean()) if len(vals) else math.nan
+    std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+    return mean, std
 
 
 def collect(cells: list[RunConfig], root: Path | None = None):
@@ -52,9 +60,7 @@ def aggregate(runs):
         done = g[g["done"]]
         row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g))}
         for key, _ in COLUMNS:
-            vals = done[key].astype(float).to_numpy() if len(done) else np.array([])
-            row[f"{key}_mean"] = float(vals.mean()) if len(vals) else math.nan
-            row[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(done[key].astype(float).to_numpy() if len(done) else [])
         out.append(row)
     return pd.DataFrame(out)
 
@@ -103,11 +109,8 @@ def plot(runs, path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def report(name: str, cells: list[RunConfig], root: Path | None = None) -> tuple[str, dict[str, Path]]:
