@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.io import read_json
+from harness.io import file_lock, read_json
 from harness.paths import results_dir
 from harness.slurm import PENDING, QueueError, job_states, read_ledger
 from harness.store import is_complete, run_dir
@@ -40,13 +39,8 @@ def is_locked(d: Path) -> bool:
     f = d / ".lock"
     if not f.exists():
         return False
-    with open(f, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    return False
+    with file_lock(f, blocking=False) as got:
+        return not got
 
 
 def tail(path: str | Path, n: int = 12) -> list[str]:
