@@ -7,7 +7,6 @@ Execution settings that do not change results (device, threads, progress bars) l
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -153,7 +152,3 @@ def resolve(
         **top,
     }
     return RunConfig.from_dict(data, where)
-
-
-def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return dataclasses.replace(cfg, **changes)

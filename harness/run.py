@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import ExecConfig, RunConfig
-from harness.io import atomic_write_json, file_lock, read_json
+from harness.io import atomic_write_json, file_lock
 from harness.store import RESULT, is_complete, run_dir
 
 
@@ -111,11 +111,6 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
         for name in (*CHECKPOINTS, "error.json"):
             (d / name).unlink(missing_ok=True)
     return Outcome("done", str(d))
-
-
-def last_error(cfg: RunConfig, root: Path | None = None) -> str | None:
-    f = run_dir(cfg, root) / "error.json"
-    return read_json(f)["error"] if f.exists() else None
 
 
 def clear(cfg: RunConfig, root: Path | None = None) -> None:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 from harness.config import RunConfig
 from harness.io import read_json
@@ -44,9 +43,3 @@ def is_complete(path: Path) -> bool:
 def load_result(cfg: RunConfig, root: Path | None = None) -> dict | None:
     d = run_dir(cfg, root)
     return read_json(d / RESULT) if is_complete(d) else None
-
-
-def iter_results(root: Path | None = None) -> Iterator[dict]:
-    for f in sorted(runs_root(root).glob(f"*/*/*/{RESULT}")):
-        if is_complete(f.parent):
-            yield read_json(f)
