@@ -210,7 +210,7 @@ def test_pm_draws_are_seeded_and_the_loss_is_one_of_the_three_perturbed_losses()
             losses.append(float(Method.training_loss(method, model, x, y, task).detach()))
     assert len(set(losses)) == 3
     rng = torch.get_rng_state()
-    values = [float(method.training_loss(model, x, y, task)) for _ in range(12)]
+    values = [float(method.training_loss(model, x, y, task).detach()) for _ in range(12)]
     assert torch.equal(rng, torch.get_rng_state())  # the global RNG is not used
     assert set(values) <= set(losses) and len(set(values)) > 1
     # Same run seed and task → same draws; another task → other draws.
