@@ -4,6 +4,8 @@ Lifecycle per task t (see harness/trainer.py):
     begin_task(model, task)          – new head, new LoRA adapter (default), method bookkeeping
     parameter_groups(model)          – what the optimiser trains (default: current LoRA @ lr_lora, head @ lr_head)
     training_loss(model, x, y, task) – loss of one mini-batch (default: CE of the current head on local labels)
+    after_backward(model, task)      – gradients are in .grad, before the optimiser step (e.g. gradient projection)
+    end_epoch(model, task, epoch)    – after each epoch's scheduler step (e.g. switch training stage, snapshot)
     end_task(model, task, data)      – where merging happens: fold (a part of) the task's LoRA into the weights
     eval_model(model)                – the model evaluated on every seen task (default: the model itself)
 Methods keep their between-task state in `state_dict()` so a run resumes after any task. A run also resumes in the
@@ -101,6 +103,13 @@ class Method:
         """CE of the current task's head on local labels, logits divided by the temperature."""
         logits = model.heads.heads[-1](model.features(x))
         return F.cross_entropy(logits.float() / self.train_cfg.temperature, y - task.offset)
+
+    def after_backward(self, model: "CLModel", task: "Task") -> None:
+        """Called after `loss.backward()` and before `optimizer.step()`; may modify `.grad` in place. Default: nothing."""
+
+    def end_epoch(self, model: "CLModel", task: "Task", epoch: int) -> None:
+        """Called after epoch `epoch` (0-based) of the task, before the epoch checkpoint is written, so state it
+        changes must be in `state_dict()` or `rng_state()` to survive a resume. Default: nothing."""
 
     def end_task(self, model: "CLModel", task: "Task", data: TaskData) -> None:
         raise NotImplementedError

@@ -165,8 +165,10 @@ def train_task(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            method.after_backward(model, task)
             opt.step()
         sched.step()
+        method.end_epoch(model, task, epoch)
         if epoch_ckpt is not None:
             _save_epoch_checkpoint(epoch_ckpt, s, task, epoch + 1, opt, sched, g)
         progress()
