@@ -1,0 +1,367 @@
+"""Batched, seeded train/test augmentation on uint8 image batches (CPU or GPU), for the cached benchmarks.
+
+Images come from the prepared cache as uint8 ``[B, C, S, S]`` (S=256 for ImageNet-like data: shorter side resized to
+256 then centre-cropped; CIFAR stored natively at 32). Nothing here decodes files or loops over samples in Python
+except where torchvision's ops force it (AutoAugment groups, see below). Every random number comes from an explicit
+CPU ``torch.Generator`` (never the global RNG), so a run's augmentation stream is fixed by its seed and is the same on
+CPU and GPU (draws are made on the CPU and moved to the images' device).
+
+Protocols (research notes: benchmarks.md §1, pm-spec.md §5; see `preset`):
+
+- ``pm`` (P&M / SPLIT ``transform_type='autoaug'``): AutoAugment (CIFAR10 policy for CIFAR, IMAGENET otherwise) →
+  RandomResizedCrop(224; bicubic for CIFAR, bilinear otherwise; scale (0.08, 1), ratio (3/4, 4/3)) → normalise
+  mean=std=0.5 (normalisation is the model's, not done here); test CIFAR Resize(224) bicubic, others Resize(256) →
+  CenterCrop(224).
+- ``pilot`` (LAMDA-PILOT / APER / dualprompt-pytorch): RandomResizedCrop(224, scale (0.05, 1), bilinear) + flip;
+  test Resize(256, bicubic) + CenterCrop(224), CIFAR included (``cifar224``); [0, 1] pixels.
+- ``inflora``: CIFAR RRC(224) + flip / Resize(224); ImageNet-R (and DomainNet, CODA-style) RRC(224) + flip /
+  Resize(256) + CenterCrop(224); CUB and ImageNet-A PILOT-style. [0, 1] pixels.
+
+Deviations from the per-sample PIL path (``torchvision.transforms`` on PIL images), all deliberate:
+
+1. Geometry is applied to the *stored* square image, not the original file: AutoAugment and RandomResizedCrop see
+   the 256×256 centre crop, so crops can never include the borders that the cache's centre crop removed, and
+   AutoAugment's translate magnitudes (a fraction of the image side) are relative to 256, not the original size.
+2. RandomResizedCrop is one ``grid_sample`` per batch (crop + resize + flip as a per-sample affine map) with
+   half-pixel-centre sampling (``align_corners=False``), i.e. the same pixel mapping as crop-then-resize. Differences:
+   (a) no antialiasing: ``grid_sample`` point-samples the bilinear/bicubic kernel. Antialiasing only matters when
+   a crop is *downscaled*; with S=256 and size 224 the largest downscale is 256/224 ≈ 1.14 (RRC boxes are at most
+   the image), where the PIL/antialiased result differs by a barely visible blur; CIFAR (32 → 224) is always
+   upscaled. (b) bicubic uses PyTorch's Keys kernel with a=-0.75 (PIL uses a=-0.5): slightly sharper upsampling.
+   (c) at the box edge the kernel reads the real neighbouring pixels outside the box instead of replicating the
+   box's edge (image borders are replicated, as in PIL). (d) output stays float: no rounding back to uint8
+   between resize and ToTensor, and bicubic overshoot is clamped to [0, 1] (PIL clamps to 0..255).
+3. AutoAugment runs on uint8 tensors with torchvision's tensor ops (the same ops ``torchvision.transforms.AutoAugment``
+   applies to tensors); the tensor kernels differ from PIL's by rounding in a few ops (e.g. the enhance family) and
+   geometric ops fill with 0 (black), as AutoAugment's default ``fill=None`` does.
+4. Random parameters follow torchvision's documented rules but are drawn vectorised from the run's generator, so the
+   stream differs from torchvision's (which draws one sample at a time from the global RNG).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.errors import ConfigError
+
+Interp = Literal["bilinear", "bicubic"]
+_AA_POLICIES = ("imagenet", "cifar10")
+_RRC_ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params: 10 tries, then the central-crop fallback
+
+
+@dataclass
+class TrainTransform:
+    """Training augmentation of a stored uint8 image, in this order: AutoAugment → RandomResizedCrop → flip.
+
+    - ``autoaugment``: AutoAugment policy (Cubuk et al., CVPR 2019; tables taken from torchvision at runtime), or none.
+    - ``autoaugment_interpolation``: resampling of AutoAugment's geometric ops (torchvision's default is nearest;
+      SPLIT/P&M pass bilinear for CIFAR).
+    - ``size``: output side (square).
+    - ``random_resized_crop``: True: torchvision's RandomResizedCrop(size, scale, ratio) on the stored image. False:
+      the whole stored image resized to ``size``×``size`` (``scale``/``ratio`` unused).
+    - ``scale``: [min, max] crop area as a fraction of the stored image's area; ``ratio``: [min, max] aspect
+      ratio w/h, sampled log-uniformly.
+    - ``interpolation``: resampling of the crop resize.
+    - ``flip``: horizontal flip with probability 0.5.
+    """
+
+    autoaugment: Literal["none", "imagenet", "cifar10"] = "none"
+    autoaugment_interpolation: Literal["nearest", "bilinear"] = "nearest"
+    size: int = 224
+    random_resized_crop: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
+    interpolation: Interp = "bilinear"
+    flip: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.size <= 0:
+            raise ConfigError(f"{where}.size: must be a positive number of pixels, got {self.size}")
+        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ConfigError(
+                f"{where}.scale: expected [min, max] area fractions with 0 < min <= max <= 1 "
+                f"(e.g. [0.08, 1.0] or PILOT's [0.05, 1.0]), got {self.scale}"
+            )
+        if len(self.ratio) != 2 or not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(
+                f"{where}.ratio: expected [min, max] aspect ratios (w/h) with 0 < min <= max "
+                f"(e.g. [0.75, 1.3333]), got {self.ratio}"
+            )
+
+
+@dataclass
+class TestTransform:
+    """Deterministic evaluation transform: resize, then centre crop (each optional).
+
+    - ``resize``: the shorter side becomes ``resize`` (torchvision Resize(int) rule; stored images are square, so the
+      result is ``resize``×``resize``). None: keep the stored size.
+    - ``center_crop``: side of the central square crop (torchvision CenterCrop; offset ``round((H - c) / 2)``). None:
+      no crop.
+    - ``interpolation``: resize kernel; antialiased (as PIL and torchvision's ``antialias=True``).
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    resize: int | None = None
+    center_crop: int | None = None
+    interpolation: Interp = "bicubic"
+
+    def validate(self, where: str) -> None:
+        for name in ("resize", "center_crop"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{where}.{name}: must be a positive number of pixels or null, got {value}")
+        if self.resize is not None and self.center_crop is not None and self.center_crop > self.resize:
+            raise ConfigError(
+                f"{where}: center_crop ({self.center_crop}) is larger than resize ({self.resize}); "
+                "crop at most the resized side (e.g. resize 256, center_crop 224)"
+            )
+
+
+def output_size(train: TrainTransform, test: TestTransform, stored: int, where: str = "transforms") -> int:
+    """The model's input side; raises ConfigError when train and test would feed the model different sizes."""
+    test_side = test.center_crop or test.resize or stored
+    if train.size != test_side:
+        raise ConfigError(
+            f"{where}: train images are {train.size}×{train.size} but test images are {test_side}×{test_side} "
+            f"(stored side {stored}); set train.size or test.resize/center_crop so that they agree"
+        )
+    if test.center_crop is not None and test.resize is None and test.center_crop > stored:
+        raise ConfigError(f"{where}: center_crop {test.center_crop} exceeds the stored image side {stored}; set resize")
+    return train.size
+
+
+def preset(protocol: Literal["pm", "pilot", "inflora"], dataset: str) -> tuple[TrainTransform, TestTransform]:
+    """The (train, test) transforms a protocol uses for `dataset` (e.g. 'cifar100', 'imagenet-r', 'cub').
+
+    Normalisation is not part of these (P&M feeds mean=std=0.5-normalised pixels, PILOT and InfLoRA feed [0, 1]).
+    Where a source leaves the interpolation unstated, torchvision's default (bilinear) is used.
+    """
+    cifar = dataset.lower().startswith("cifar")
+    test_inet = TestTransform(resize=256, center_crop=224, interpolation="bilinear")
+    if protocol == "pm":  # pm-spec.md §5, SPLIT utils/dataset_builder.py
+        if cifar:
+            return (
+                TrainTransform(autoaugment="cifar10", autoaugment_interpolation="bilinear", interpolation="bicubic"),
+                TestTransform(resize=224, interpolation="bicubic"),
+            )
+        return TrainTransform(autoaugment="imagenet"), test_inet
+    pilot = (
+        TrainTransform(scale=[0.05, 1.0], flip=True),
+        TestTransform(resize=256, center_crop=224, interpolation="bicubic"),
+    )
+    if protocol == "pilot":  # benchmarks.md §1.1 (build_transform from dualprompt-pytorch)
+        return pilot
+    if protocol == "inflora":  # benchmarks.md §1.4
+        name = dataset.lower()
+        if name.startswith(("cub", "imagenet-a", "imageneta", "imagenet_a")):
+            return pilot
+        if cifar:
+            return TrainTransform(flip=True), TestTransform(resize=224, interpolation="bilinear")
+        return TrainTransform(flip=True), test_inet
+    raise ConfigError(f"unknown augmentation protocol {protocol!r}; valid: inflora, pilot, pm")
+
+
+# ------------------------------------------------------------------------------------------------ AutoAugment
+
+
+@dataclass(frozen=True)
+class AutoAugmentDraw:
+    """Per-sample AutoAugment randomness, exactly what ``torchvision.transforms.AutoAugment.get_params`` draws for one
+    image: the sub-policy index, two uniforms (op k is applied when ``probs[k] <= p_k``) and two signs (a signed op's
+    magnitude is negated when ``signs[k] == 0``)."""
+
+    policy_id: Tensor  # [B] int64
+    probs: Tensor  # [B, 2] float32
+    signs: Tensor  # [B, 2] int64
+
+
+def _aa_module(policy: str):
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    if policy not in _AA_POLICIES:
+        raise ConfigError(f"unknown AutoAugment policy {policy!r}; valid: {', '.join(_AA_POLICIES)}")
+    return AutoAugment(AutoAugmentPolicy(policy))
+
+
+def autoaugment_policies(policy: str) -> list:
+    """The 25 sub-policies ``((op, p, magnitude_bin), (op, p, magnitude_bin))`` of `policy`, from torchvision."""
+    return list(_aa_module(policy).policies)
+
+
+def draw_autoaugment(batch: int, policy: str, generator: torch.Generator) -> AutoAugmentDraw:
+    """One independent AutoAugment draw per sample (sub-policy uniform over the policy's 25), from `generator`."""
+    n = len(autoaugment_policies(policy))
+    return AutoAugmentDraw(
+        policy_id=torch.randint(n, (batch,), generator=generator),
+        probs=torch.rand((batch, 2), generator=generator),
+        signs=torch.randint(2, (batch, 2), generator=generator),
+    )
+
+
+def autoaugment_batch(
+    u8: Tensor,
+    draw: AutoAugmentDraw,
+    policy: str,
+    interpolation: Literal["nearest", "bilinear"] = "nearest",
+) -> Tensor:
+    """Apply each sample's drawn sub-policy to uint8 ``[B, C, H, W]``; same result as running torchvision's
+    AutoAugment forward on each image with its draw.
+
+    Batched by grouping: for op slot 0 then slot 1, samples whose slot resolves to the same (op, magnitude bin, sign)
+    are transformed together by one call of torchvision's tensor op (which works on batches); samples whose op is not
+    applied are left as they are. The slots are sequential, so grouping per slot is exact. There are at most ~50
+    groups per slot whatever the batch size.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.autoaugment import _apply_op  # torchvision's own op dispatch: no retyped semantics
+
+    if u8.dtype != torch.uint8 or u8.ndim != 4:
+        raise ValueError(f"expected uint8 [B, C, H, W], got {u8.dtype} {tuple(u8.shape)}")
+    module = _aa_module(policy)
+    policies = module.policies
+    space = module._augmentation_space(10, (u8.shape[-2], u8.shape[-1]))  # torchvision's magnitude bins
+    mode = InterpolationMode(interpolation)
+    out = u8.clone()
+    pid = draw.policy_id.tolist()
+    probs = draw.probs.tolist()
+    signs = draw.signs.tolist()
+    for slot in range(2):
+        groups: dict[tuple[str, int | None, bool], list[int]] = {}
+        for b in range(len(pid)):
+            op_name, p, mag_id = policies[pid[b]][slot]
+            if probs[b][slot] <= p:
+                negative = bool(space[op_name][1]) and signs[b][slot] == 0
+                groups.setdefault((op_name, mag_id, negative), []).append(b)
+        for (op_name, mag_id, negative), members in groups.items():
+            magnitudes, _ = space[op_name]
+            magnitude = float(magnitudes[mag_id].item()) if mag_id is not None else 0.0
+            idx = torch.tensor(members, device=u8.device)
+            out[idx] = _apply_op(out[idx], op_name, -magnitude if negative else magnitude, interpolation=mode, fill=None)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ RandomResizedCrop
+
+
+def draw_crop_boxes(
+    batch: int, height: int, width: int, scale: list[float], ratio: list[float], generator: torch.Generator
+) -> Tensor:
+    """RandomResizedCrop boxes ``[B, 4]`` int64 as (top, left, h, w), by torchvision's documented rule, vectorised.
+
+    Per sample: up to 10 attempts of (area = U(scale) × H·W, aspect = exp(U(log ratio))); w = round(sqrt(area·aspect)),
+    h = round(sqrt(area/aspect)); the first attempt that fits is kept, its position uniform over all integer offsets;
+    if none fits, the central crop clamped to the ratio range (the whole image for square images). All 10 attempts
+    are always drawn so the generator advances by a fixed amount per batch.
+    """
+    area = float(height * width)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    u = torch.rand((batch, _RRC_ATTEMPTS, 2), generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    aspect = torch.exp(lo + (hi - lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    pos = torch.rand((batch, 2), generator=generator, dtype=torch.float64)
+    top = torch.minimum((pos[:, 0] * (height - h + 1)).floor().long(), height - h)
+    left = torch.minimum((pos[:, 1] * (width - w + 1)).floor().long(), width - w)
+    # torchvision's fallback: central crop, clamped to the ratio range
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = int(round(height * ratio[1])), height
+    else:
+        fw, fh = width, height
+    none = ~ok.any(dim=1)
+    h = torch.where(none, fh, h)
+    w = torch.where(none, fw, w)
+    top = torch.where(none, (height - fh) // 2, top)
+    left = torch.where(none, (width - fw) // 2, left)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def resized_crop_batch(
+    x: Tensor, boxes: Tensor, size: int, interpolation: Interp, flip: Tensor | None = None
+) -> Tensor:
+    """Crop ``boxes`` (top, left, h, w) from float ``[B, C, H, W]``, resize each to size×size and mirror the samples
+    where ``flip`` is True — one ``affine_grid`` + ``grid_sample`` for the whole batch.
+
+    Output pixel centre k samples the input at ``left + (k + 0.5)·w/size − 0.5`` (the half-pixel convention of
+    crop-then-resize); the flip negates the x axis of the affine map, which reverses the width axis exactly.
+    """
+    B, _, H, W = x.shape
+    b = boxes.to(torch.float64)
+    top, left, h, w = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    sx, sy = w / W, h / H
+    if flip is not None:
+        sx = torch.where(flip.to(torch.bool), -sx, sx)
+    theta = torch.zeros((B, 2, 3), dtype=torch.float64)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (2 * left + w) / W - 1
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = (2 * top + h) / H - 1
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+
+
+def train_batch(u8: Tensor, t: TrainTransform, generator: torch.Generator) -> Tensor:
+    """Augment uint8 ``[B, C, H, W]`` (any device) into float32 ``[B, C, t.size, t.size]`` in [0, 1].
+
+    Draw order from `generator` (CPU): AutoAugment (if any), crop boxes (if random_resized_crop), flips (if flip).
+    Same generator state → bit-identical output on the same device. The global RNG is never used.
+    """
+    if u8.dtype != torch.uint8 or u8.ndim != 4:
+        raise ValueError(f"expected uint8 [B, C, H, W], got {u8.dtype} {tuple(u8.shape)}")
+    if generator.device.type != "cpu":
+        raise ValueError("train_batch draws from a CPU torch.Generator (the stream must not depend on the device)")
+    B, _, H, W = u8.shape
+    if t.autoaugment != "none":
+        draw = draw_autoaugment(B, t.autoaugment, generator)
+        u8 = autoaugment_batch(u8, draw, t.autoaugment, t.autoaugment_interpolation)
+    if t.random_resized_crop:
+        boxes = draw_crop_boxes(B, H, W, t.scale, t.ratio, generator)
+    else:
+        boxes = torch.tensor([[0, 0, H, W]], dtype=torch.long).expand(B, 4)
+    flip = torch.rand(B, generator=generator) < 0.5 if t.flip else None
+    x = u8.float().div_(255.0)
+    return resized_crop_batch(x, boxes, t.size, t.interpolation, flip)
+
+
+def test_batch(u8: Tensor, t: TestTransform) -> Tensor:
+    """Deterministic evaluation transform of uint8 ``[B, C, H, W]`` into float32 in [0, 1]: antialiased resize of the
+    shorter side to ``t.resize`` (torchvision Resize(int) rule) then CenterCrop(``t.center_crop``)."""
+    if u8.dtype != torch.uint8 or u8.ndim != 4:
+        raise ValueError(f"expected uint8 [B, C, H, W], got {u8.dtype} {tuple(u8.shape)}")
+    x = u8.float().div_(255.0)
+    H, W = x.shape[-2:]
+    if t.resize is not None:
+        short, long = (H, W) if H <= W else (W, H)
+        new_long = int(t.resize * long / short)  # torchvision's rule for Resize(int)
+        size = (t.resize, new_long) if H <= W else (new_long, t.resize)
+        if size != (H, W):
+            # antialias=True is what PIL and torchvision's Resize do; for upscaling it also selects PIL's a=-0.5 cubic
+            x = F.interpolate(x, size=size, mode=t.interpolation, antialias=True, align_corners=False)
+            x = x.clamp_(0.0, 1.0)
+    if t.center_crop is not None:
+        c = t.center_crop
+        H, W = x.shape[-2:]
+        if c > H or c > W:
+            raise ValueError(f"center_crop {c} is larger than the (resized) image {H}×{W}")
+        top, left = int(round((H - c) / 2.0)), int(round((W - c) / 2.0))
+        x = x[..., top : top + c, left : left + c]
+    return x.contiguous()
