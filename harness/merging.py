@@ -274,3 +274,195 @@ def cofima(
         plain = (1.0 - w) * prev[n] + w * new[n]
         out[n] = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), plain)
     return out
+
+
+# ---- Tunable MagMax: max-|τ| with per-task quotas of winners ---------------------------------------------------------
+
+
+def quotas(n: int, weights: Sequence[float]) -> list[int]:
+    """Per-task numbers of entries of an n-element tensor: q_i = ⌊n·w_i⌋ with w_i = weights_i / Σ weights, the
+    remainder n − Σ q_i (< number of positive weights) handed out one by one, round-robin from task 1.
+
+    Hiroshima, Uchida, Shirakawa, "Tunable MagMax", ICPR 2026, arXiv 2605.20803, merge rule step 2
+    (research/merging-methods.md §4). Two choices of ours [I]: the floors are taken in exact rational arithmetic on
+    each weight read as the nearest fraction with denominator ≤ 10⁹ (so 0.29·100 gives 29 and 1/6·12 gives 2, where
+    float arithmetic floors 28.999… to 28), and the
+    round-robin skips tasks of weight 0 (the official code's round-robin runs over all tasks, so a task of preference
+    0 could get an entry). Σ q_i = n always.
+    """
+    from fractions import Fraction
+
+    if n < 0:
+        raise ValueError(f"quotas: n must be >= 0, got {n}")
+    fr = [Fraction(float(w)).limit_denominator(10**9) for w in weights]
+    if not fr or any(w < 0 for w in fr) or sum(fr) == 0:
+        raise ValueError(f"quotas: weights must be >= 0 with a positive sum, got {list(weights)}")
+    total = sum(fr)
+    q = [int(n * w // total) for w in fr]
+    positive = [i for i, w in enumerate(fr) if w > 0]
+    rest = n - sum(q)
+    for k in range(rest):  # rest < len(positive): each fractional part is < 1
+        q[positive[k % len(positive)]] += 1
+    return q
+
+
+def _last_argmax(mags: torch.Tensor) -> torch.Tensor:
+    """Row index of the maximum of each column of a (k, N) tensor; ties → the later row (MagMax's `>=`)."""
+    return mags.shape[0] - 1 - mags.flip(0).argmax(0)
+
+
+def _randperm(k: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # drawn on the generator's (CPU) device, then moved: the same draws on every device
+    return torch.randperm(k, generator=generator).to(device)
+
+
+def tunable_magmax_assign(mags: torch.Tensor, q: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Winning task of each entry under quotas: a (T, N) tensor of |τ_i| and quotas q (Σ q = N) → (N,) task indices
+    with exactly q_i entries won by task i.
+
+    Tunable MagMax's assignment (arXiv 2605.20803; research/merging-methods.md §4, step 3):
+    1. MagMax winners k*(p) = argmax_i |τ_i[p]| over the tasks with q_i > 0 (ties → the later task).
+    2. For i = T..2 (tasks with q_i > 0): if task i wins c_i > q_i entries, c_i − q_i of them, drawn uniformly at
+       random, go to argmax_{j<i} |τ_j[p]| (ties → the later of them); they may push task j over its quota, which is
+       then resolved when j's turn comes.
+    3. The first task's overflow (c_1 − q_1 random entries; the later tasks are then exactly the ones below quota,
+       with total deficit c_1 − q_1) is handed to the later tasks below quota: for j = T..2, the freed entries whose
+       largest |τ| among the tasks still below quota is τ_j, at most the deficit of j (a random subset if more); the
+       remaining deficits are filled with random freed entries (j = T..2).
+    Differences from the official code [I]: tasks with q_i = 0 are excluded instead of having τ_i zeroed (the same
+    except where every other τ is 0 too); step 3 ranks the freed entries among the later tasks *below quota* (the
+    code ranks them among all later tasks and sends entries whose best task is already full to the random fill).
+    Randomness: one `torch.randperm` on `generator` (CPU) per overflowing task, in the order above.
+    """
+    T, N = mags.shape
+    if len(q) != T or sum(q) != N or any(x < 0 for x in q):
+        raise ValueError(f"tunable_magmax_assign: quotas {list(q)} must be {T} non-negative counts summing to {N}")
+    device = mags.device
+    tasks = [i for i in range(T) if q[i] > 0]  # eligible tasks, ascending
+    ids = torch.tensor(tasks, device=device)
+    m = mags[ids]
+    win = ids[_last_argmax(m)]  # global task index per entry
+    for pos in range(len(tasks) - 1, -1, -1):
+        i = tasks[pos]
+        won = (win == i).nonzero().squeeze(1)
+        excess = won.numel() - q[i]
+        if excess <= 0:
+            continue
+        drop = won[_randperm(won.numel(), generator, device)[:excess]]
+        if pos > 0:  # to the largest |τ| among the earlier eligible tasks
+            win[drop] = ids[:pos][_last_argmax(m[:pos, drop])]
+            continue
+        # the first eligible task: its overflow fills the later tasks below quota
+        need = {j: q[j] - int((win == j).sum()) for j in tasks[1:]}
+        under = [j for j in tasks[1:] if need[j] > 0]
+        rows = torch.tensor([tasks.index(j) for j in under], device=device)
+        best = torch.tensor(under, device=device)[_last_argmax(m[rows][:, drop])]
+        free = torch.ones(drop.numel(), dtype=torch.bool, device=device)
+        for j in reversed(under):
+            cand = (free & (best == j)).nonzero().squeeze(1)
+            if cand.numel() > need[j]:
+                cand = cand[_randperm(cand.numel(), generator, device)[: need[j]]]
+            win[drop[cand]] = j
+            free[cand] = False
+            need[j] -= cand.numel()
+        for j in reversed(under):
+            if need[j] > 0:
+                rest = free.nonzero().squeeze(1)
+                take = rest[_randperm(rest.numel(), generator, device)[: need[j]]]
+                win[drop[take]] = j
+                free[take] = False
+    counts = torch.bincount(win, minlength=T).tolist()
+    if counts != list(q):
+        raise AssertionError(f"tunable_magmax_assign: winner counts {counts} differ from quotas {list(q)}")
+    return win
+
+
+def tunable_magmax(
+    tvs: Sequence[Tensors],
+    weights: Sequence[float],
+    lam: float,
+    generator: torch.Generator,
+    winners: dict[str, torch.Tensor] | None = None,
+) -> Tensors:
+    """Tunable MagMax: per adapted matrix with n entries, task i supplies exactly q_i = quotas(n, w)_i entries — its
+    own τ_i values at the positions `tunable_magmax_assign` gives it, starting from MagMax's max-|τ| winners — and
+    the merge is λ·τ_merged (θ = W0 + λ·τ_merged, λ = 0.5 in the official code).
+
+    Hiroshima, Uchida, Shirakawa, "Tunable MagMax", ICPR 2026, arXiv 2605.20803 (research/merging-methods.md §4).
+    `weights` is the preference vector w (normalised here). Matrices are processed in sorted-name order, so the draws
+    from `generator` do not depend on dict order; `winners`, if given, receives the task index of every entry.
+    A one-hot w returns λ·τ_k; when MagMax's winner counts already equal the quotas the result is MagMax's.
+    """
+    if len(weights) != len(tvs):
+        raise ValueError(f"tunable_magmax: {len(weights)} weights for {len(tvs)} task vectors")
+    out = {}
+    for n in sorted(_names(tvs)):
+        stack = torch.stack([tv[n] for tv in tvs])
+        flat = stack.reshape(len(tvs), -1)
+        win = tunable_magmax_assign(flat.abs(), quotas(flat.shape[1], weights), generator)
+        out[n] = lam * flat.gather(0, win.unsqueeze(0)).squeeze(0).reshape(stack.shape[1:])
+        if winners is not None:
+            winners[n] = win.reshape(stack.shape[1:])
+    return {n: out[n] for n in _names(tvs)}
+
+
+# ---- PAM (reconstruction): alignment penalty and running merge ----------------------------------------------------
+
+
+def alignment_mask(ref: Tensors, top_fraction: float) -> dict[str, torch.Tensor]:
+    """The entries PAM's penalty watches [I]: per matrix, the top `top_fraction` of |ref| (k = max(1, round(f·n)),
+    entries tied with the k-th largest kept, zeros never), ref the previous merged delta D̂ = θ̂_{t−1} − W0."""
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"alignment_mask: top_fraction must be in (0, 1], got {top_fraction}")
+    out = {}
+    for n, r in ref.items():
+        a = r.detach().abs().reshape(-1)
+        k = max(1, round(top_fraction * a.numel()))
+        thr = torch.kthvalue(a.cpu(), a.numel() - k + 1).values.to(a.device)
+        out[n] = (r.detach().abs() >= thr) & (r != 0)
+    return out
+
+
+def alignment_penalty(tv: Tensors, ref: Tensors, mask: dict[str, torch.Tensor], kind: str = "sign") -> torch.Tensor:
+    """PAM-style alignment penalty of a task vector τ_t against the previous merged delta D̂ on the masked entries M
+    (differentiable in τ_t; D̂ and M are constants), relative to the merged energy on M:
+
+        sign:       P = Σ_M relu(−sgn(D̂)·τ_t)² / Σ_M D̂²   (0 iff no watched entry of τ_t opposes D̂'s sign)
+        deviation:  P = Σ_M (τ_t − D̂)² / Σ_M D̂²          (0 iff τ_t equals D̂ on M)
+
+    Sums over all matrices. Reconstruction [I]: Sokar et al., "Continual Learning in Vision-Language Models via
+    Aligned Model Merging", arXiv 2506.03189, state only that training "promotes learning weights aligned with the
+    previous ones"; the loss is not public (research/merging-methods.md §6 sketch). The normalisation makes P
+    dimensionless (P = 1 for τ_t = −D̂ on M under "sign", 1 for τ_t = 0 under "deviation"), so its weight μ does not
+    depend on the size of the deltas. Returns 0 when nothing is masked.
+    """
+    if kind not in ("sign", "deviation"):
+        raise ValueError(f"alignment_penalty: kind must be 'sign' or 'deviation', got {kind!r}")
+    num = den = None
+    for n, m in mask.items():
+        r = ref[n].to(tv[n].dtype)
+        if kind == "sign":
+            e = torch.relu(-torch.sign(r) * tv[n])
+        else:
+            e = tv[n] - r
+        a = (e.square() * m).sum()
+        b = (r.square() * m).sum()
+        num = a if num is None else num + a
+        den = b if den is None else den + b
+    if num is None:
+        return torch.zeros(())
+    # nothing masked ⇒ num = den = 0 ⇒ 0 (no host sync: den is clamped, not tested)
+    return num / den.clamp(min=torch.finfo(den.dtype).tiny)
+
+
+def running_merge(prev: Tensors | None, new: Tensors, t: int, weight: float | None = None) -> Tensors:
+    """PAM's merge as reconstructed [I]: θ̂_t = (1 − β_t) θ̂_{t−1} + β_t θ_t on dense deltas (relative to W0),
+    β_t = 1/t (a running mean: θ̂_t = θ̂_{t−1}·(t−1)/t + θ_t/t) or a constant `weight`; θ̂_1 = θ_1 (t is 1-based).
+    Sokar et al., arXiv 2506.03189: "merge the newly trained task parameters with the previously merged ones"
+    (research/merging-methods.md §6); the weights are not public."""
+    if t < 1:
+        raise ValueError(f"running_merge: t is 1-based, got {t}")
+    if prev is None or t == 1:
+        return dict(new)
+    b = 1.0 / t if weight is None else weight
+    return {n: (1.0 - b) * prev[n] + b * new[n] for n in new}
