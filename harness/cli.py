@@ -25,9 +25,19 @@ def cmd_list(args) -> int:
     elif args.what == "benchmarks":
         from harness.spec import available_benchmarks, load_spec
 
+        from harness.cache import read_manifest
+
         for name in available_benchmarks():
             spec = load_spec(name)
-            print(f"{name:<18} {spec.description}")
+            state = ""
+            if spec.source.kind == "images":
+                state = f"  [protocol {spec.protocol}; " + ("prepared]" if read_manifest(name) else "not prepared]")
+            print(f"{name:<18} {spec.description}{state}")
+    elif args.what == "protocols":
+        from harness.protocol import available_protocols, load_protocol
+
+        for name in available_protocols():
+            print(f"{name:<18} {load_protocol(name).description}")
     elif args.what == "backbones":
         from harness.backbone import PRESETS
 
@@ -229,19 +239,62 @@ def cmd_report(args) -> int:
 
 
 def cmd_stream(args) -> int:
+    """Tasks and their classes (names where known): from the prepared cache of an image benchmark, from the
+    benchmark's known class names (counts unknown) when it is not prepared yet."""
+    import numpy as np
+
+    from harness.config import resolve, run_spec
     from harness.sources import load_source
-    from harness.spec import load_spec
     from harness.stream import build_stream
 
-    spec = load_spec(args.benchmark)
-    data = load_source(spec)
-    stream = build_stream(spec, args.order_seed, data.train_labels, data.test_labels)
-    seed = args.order_seed if args.order_seed is not None else spec.order_seed
-    print(f"{spec.name}: {len(stream.tasks)} tasks, class order {spec.class_order if isinstance(spec.class_order, str) else 'explicit'}"
-          + (f" (seed {seed})" if spec.class_order == "permutation" else "") + f", split {data.split_hash[:12]}")
+    overrides = {"protocol": args.protocol} if args.protocol else {}
+    cfg = resolve(args.benchmark, "seq-lora", order_seed=args.order_seed, overrides=overrides, where="stream")
+    spec = run_spec(cfg)
+    prepared = spec.source.kind != "images" or _is_prepared(spec.name)
+    if prepared:
+        data = load_source(spec)
+        names, split = data.class_names, data.split_hash[:12]
+        stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+    else:
+        names = sorted(spec.source.class_names) if spec.source.class_names else [str(c) for c in range(spec.num_classes)]
+        split = "not prepared"
+        empty = np.zeros(0, dtype=np.int64)
+        stream = build_stream(spec, cfg.order_seed, empty, empty)
+    order = spec.class_order if isinstance(spec.class_order, str) else "explicit"
+    seed = f" (seed {cfg.order_seed})" if cfg.order_seed is not None else ""
+    proto = f", protocol {cfg.protocol}" if cfg.protocol else ""
+    print(f"{spec.name}: {len(stream.tasks)} tasks, class order {order}{seed}{proto}, split {split}")
     for t in stream.tasks:
-        names = ", ".join(f"{c}:{data.class_names[c]}" if data.class_names[c] != str(c) else str(c) for c in t.classes)
-        print(f"task {t.index}: {len(t.train_indices)} train / {len(t.test_indices)} test — classes {names}")
+        shown = ", ".join(f"{c}:{names[c]}" if names[c] != str(c) else str(c) for c in t.classes)
+        counts = f"{len(t.train_indices)} train / {len(t.test_indices)} test — " if prepared else ""
+        print(f"task {t.index}: {counts}classes {shown}")
+    if not prepared:
+        from harness.cache import prepare_command
+
+        print(f"(not prepared: class ids only where names are unknown; run `{prepare_command(spec)}`)")
+    return 0
+
+
+def _is_prepared(benchmark: str) -> bool:
+    from harness.cache import read_manifest
+
+    return read_manifest(benchmark) is not None
+
+
+def cmd_prepare(args) -> int:
+    from harness.prepare import prepare
+    from harness.spec import load_spec
+
+    prepare(
+        load_spec(args.benchmark),
+        source=args.source,
+        split_files=args.split_file,
+        classes_file=args.classes,
+        storage_size=args.storage_size,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        force=args.force,
+    )
     return 0
 
 
@@ -265,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list methods, benchmarks, backbones, grids or published tables")
-    p.add_argument("what", choices=["methods", "benchmarks", "backbones", "grids", "tables"])
+    p.add_argument("what", choices=["methods", "benchmarks", "protocols", "backbones", "grids", "tables"])
     p.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("run", help="run one cell in the foreground")
@@ -300,10 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="published tables: seeds per cell (default: the table's)")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("stream", help="print a benchmark's tasks and classes")
+    p = sub.add_parser("stream", help="print a benchmark's tasks and classes (names where known)")
     p.add_argument("benchmark")
-    p.add_argument("--order-seed", type=int, default=None)
+    p.add_argument("--order-seed", type=int, default=None, help="class-order seed (default: the protocol's)")
+    p.add_argument("--protocol", default=None, help="protocol preset (image benchmarks; default: the benchmark's)")
     p.set_defaults(fn=cmd_stream)
+
+    p = sub.add_parser("prepare", help="decode an image benchmark once into the memory-mapped cache runs read")
+    p.add_argument("benchmark")
+    p.add_argument("--source", default=None,
+                   help="a local folder (root/<class>/<image>, train/+test/, CUB or DomainNet archive layout) or a "
+                        "Hugging Face Hub id (default: the benchmark's Hub id)")
+    p.add_argument("--split-file", action="append", default=None, metavar="FILE",
+                   help="external split (repeatable): a train/test folder, a path list (*train*.txt / *test*.txt), "
+                        "a CODA-Prompt yaml, or a manifest JSON")
+    p.add_argument("--classes", default=None, metavar="FILE", help="class subset, one name per line (e.g. DN*)")
+    p.add_argument("--storage-size", type=int, default=None, help="stored side S (default: the benchmark's)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    p.add_argument("--skip-corrupt", action="store_true", help="leave unreadable images out (listed in the manifest)")
+    p.add_argument("--force", action="store_true", help="prepare again, replacing the existing cache")
+    p.set_defaults(fn=cmd_prepare)
     return ap
 
 

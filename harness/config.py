@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pathlib import Path
+
 from harness.backbone import BackboneConfig
 from harness.errors import ConfigError
 from harness.schema import field_names, from_dict, to_dict
@@ -24,6 +26,7 @@ class TrainConfig:
     """The shared loop's settings (per task)."""
 
     epochs: int = 10
+    epoch_repeats: int = 1  # passes over the task's data per epoch (SPLIT/VPT-NSP `expand_times`, pm-spec.md §6.1)
     batch_size: int = 32
     eval_batch_size: int = 256
     lr_lora: float = 1e-3
@@ -35,7 +38,7 @@ class TrainConfig:
     temperature: float = 1.0  # training CE uses logits / temperature (P&M/SplitLoRA: 30)
 
     def validate(self, where: str) -> None:
-        for key in ("epochs", "batch_size", "eval_batch_size"):
+        for key in ("epochs", "epoch_repeats", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
         if self.temperature <= 0:
@@ -58,8 +61,9 @@ class RunConfig:
     backbone: BackboneConfig
     train: TrainConfig
     method_params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0  # training seed: LoRA/head init, batch order, method randomness
+    seed: int = 0  # training seed: LoRA/head init, batch order, augmentation, method randomness
     order_seed: int | None = None  # class-order seed (None: the spec's own; ignored for natural order)
+    protocol: str | None = None  # protocol preset of an image benchmark (datasets/protocols/), None for embedded ones
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -75,7 +79,7 @@ class RunConfig:
 
 
 OVERRIDE_PREFIXES = ("train.", "backbone.", "method.")
-TOP_LEVEL_KEYS = ("seed", "order_seed")
+TOP_LEVEL_KEYS = ("seed", "order_seed", "protocol")
 
 
 def valid_override_keys(method_params_cls: type) -> list[str]:
@@ -120,15 +124,25 @@ def resolve(
     where: str = "overrides",
 ) -> RunConfig:
     """The fully resolved RunConfig of one cell. Unknown benchmark/method/key → ConfigError naming the valid ones."""
+    from harness.protocol import apply_protocol, load_protocol
     from harness.registry import get_method
     from harness.spec import load_spec
 
     spec = load_spec(benchmark)
     method_cls = get_method(method)
-    train = to_dict(from_dict(TrainConfig, dict(spec.train), f"{spec.file}.train"))
+    protocol_name = (overrides or {}).get("protocol", spec.protocol)
+    if protocol_name is not None and spec.source.kind != "images":
+        raise ConfigError(f"{where}: protocol presets apply to image benchmarks; {spec.name!r} is {spec.source.kind}")
+    train_dict = dict(spec.train)
+    if protocol_name is not None:
+        protocol = load_protocol(str(protocol_name))
+        spec = apply_protocol(spec, protocol)
+        train_dict.update(protocol.train_settings(spec.name))
+        protocol_name = protocol.name if Path(str(protocol_name)).suffix not in (".yaml", ".yml") else str(protocol_name)
+    train = to_dict(from_dict(TrainConfig, train_dict, f"{spec.file}.train (+ protocol {protocol_name})"))
     backbone: dict[str, Any] = {"preset": spec.backbone}
     params = to_dict(method_cls.Params())
-    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed}
+    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed, "protocol": protocol_name}
     valid = valid_override_keys(method_cls.Params)
     for key, value in (overrides or {}).items():
         if key not in valid:
@@ -139,7 +153,7 @@ def resolve(
         section, name = key.split(".", 1)
         {"train": train, "backbone": backbone, "method": params}[section][name] = value
     params_obj = from_dict(method_cls.Params, params, f"{where} (method {method!r})")
-    if spec.class_order != "permutation":
+    if spec.class_order in ("natural",) or isinstance(spec.class_order, list):
         top["order_seed"] = None  # the seed has no effect: do not let it split identical runs
     elif top["order_seed"] is None:
         top["order_seed"] = spec.order_seed
@@ -152,3 +166,12 @@ def resolve(
         **top,
     }
     return RunConfig.from_dict(data, where)
+
+
+def run_spec(cfg: RunConfig):
+    """The benchmark spec a run uses: its YAML with the run's protocol applied (class order, transforms)."""
+    from harness.protocol import apply_protocol, load_protocol
+    from harness.spec import load_spec
+
+    spec = load_spec(cfg.benchmark)
+    return apply_protocol(spec, load_protocol(cfg.protocol)) if cfg.protocol else spec

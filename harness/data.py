@@ -1,7 +1,10 @@
-"""In-memory image banks: uint8 images → normalised float batches on the run's device.
+"""Image banks: uint8 images (in memory, or memory-mapped from a prepared cache) → normalised float batches on the
+run's device.
 
-Preprocessing (resize + normalise) runs on whole batches of tensors, never per sample in Python. Small banks are
-preprocessed once and kept on the device.
+Every transform runs on whole batches of tensors (harness/augment.py), never per sample in Python, on the run's
+device. Training augmentation is seeded per batch from the run config (seed, task, epoch, batch number), so a run
+resumed at any epoch draws the same augmentations as an uninterrupted one without storing generator state.
+Small banks without augmentation (the embedded benchmarks) are preprocessed once and kept on the device.
 """
 
 from __future__ import annotations
@@ -12,41 +15,89 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.augment import TestTransform, TrainTransform, test_batch, train_batch
+from harness.seeding import generator as seeded_generator
 from harness.spec import ImageSpec
 
 _PRECOMPUTE_BYTES = 512 * 2**20
 
 
 class ImageBank:
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, image: ImageSpec, device: torch.device):
-        if images.dtype != torch.uint8 or images.ndim != 4:
+    def __init__(
+        self,
+        images: torch.Tensor | np.ndarray,
+        labels: np.ndarray,
+        image: ImageSpec,
+        device: torch.device,
+        test_transform: TestTransform | None = None,
+        train_transform: TrainTransform | None = None,
+    ):
+        if images.dtype not in (torch.uint8, np.uint8) or images.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         self.image = image
         self.device = device
+        self.test_transform = test_transform
+        self.train_transform = train_transform
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
         self.mean = torch.tensor(image.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(image.std, device=device).view(1, -1, 1, 1)
-        out_bytes = images.shape[0] * image.channels * image.size * image.size * 4
         self._raw = images
-        self._pre = self.preprocess(images) if out_bytes <= _PRECOMPUTE_BYTES else None
+        out_bytes = images.shape[0] * image.channels * image.size * image.size * 4
+        small = isinstance(images, torch.Tensor) and out_bytes <= _PRECOMPUTE_BYTES
+        self._pre = self.preprocess(images) if small else None
 
-    def preprocess(self, u8: torch.Tensor) -> torch.Tensor:
-        x = u8.to(self.device, non_blocking=True).float().div_(255.0)
-        if x.shape[-1] != self.image.size or x.shape[-2] != self.image.size:
-            x = F.interpolate(x, size=(self.image.size, self.image.size), mode="bilinear", antialias=True, align_corners=False)
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images at `idx` on the device; memory maps are read in index order (sequential I/O)."""
+        if isinstance(self._raw, torch.Tensor):
+            return self._raw[idx].to(self.device, non_blocking=True)
+        ids = idx.numpy()
+        order = np.argsort(ids, kind="stable")
+        block = np.empty((len(ids),) + self._raw.shape[1:], dtype=np.uint8)
+        block[order] = self._raw[ids[order]]
+        u8 = torch.from_numpy(block)
+        if self.device.type == "cuda":
+            u8 = u8.pin_memory()
+        return u8.to(self.device, non_blocking=True)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, u8: torch.Tensor) -> torch.Tensor:
+        """The deterministic (evaluation) view: the test transform, or a plain resize to the model's input size."""
+        u8 = u8.to(self.device, non_blocking=True)
+        if self.test_transform is not None:
+            return self._normalise(test_batch(u8, self.test_transform))
+        x = u8.float().div_(255.0)
+        if x.shape[-1] != self.image.size or x.shape[-2] != self.image.size:
+            x = F.interpolate(x, size=(self.image.size, self.image.size), mode="bilinear", antialias=True, align_corners=False)
+        return self._normalise(x)
+
+    def batch(self, idx: torch.Tensor, augment: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         idx_dev = idx.to(self.device)
-        x = self._pre[idx_dev] if self._pre is not None else self.preprocess(self._raw[idx])
+        if augment is not None and self.train_transform is not None:
+            x = self._normalise(train_batch(self._gather(idx), self.train_transform, augment))
+        elif self._pre is not None:
+            x = self._pre[idx_dev]
+        else:
+            x = self.preprocess(self._gather(idx))
         return x, self.labels[idx_dev]
 
     def iterate(
-        self, indices: np.ndarray, batch_size: int, generator: torch.Generator | None = None
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        augment: tuple | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches over `indices`; shuffled by `generator` when given (CPU generator: same order on any device)."""
+        """Batches over `indices`; shuffled by `generator` when given (CPU generator: same order on any device).
+        `augment` (seed parts, e.g. (seed, "augment", task, epoch)) turns on the training transform, batch i drawing
+        from a generator seeded by (*augment, i); without it batches get the deterministic evaluation view."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if generator is not None:
             idx = idx[torch.randperm(len(idx), generator=generator)]
-        for i in range(0, len(idx), batch_size):
-            yield self.batch(idx[i : i + batch_size])
+        for n, i in enumerate(range(0, len(idx), batch_size)):
+            g = seeded_generator(*augment, n) if augment is not None and self.train_transform is not None else None
+            yield self.batch(idx[i : i + batch_size], g)

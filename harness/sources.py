@@ -17,11 +17,12 @@ from harness.spec import BenchmarkSpec
 
 @dataclass
 class SourceData:
-    """Images as uint8 [N, C, H, W]; labels are the source's class ids 0..num_classes-1."""
+    """Images as uint8 [N, C, H, W] (a tensor, or a read-only memory map of a prepared cache); labels are the
+    source's class ids 0..num_classes-1."""
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | np.ndarray
     train_labels: np.ndarray
-    test_images: torch.Tensor
+    test_images: torch.Tensor | np.ndarray
     test_labels: np.ndarray
     class_names: list[str]
     split_hash: str
@@ -70,6 +71,15 @@ def _load_sklearn_digits(spec: BenchmarkSpec) -> SourceData:
 
 
 _LOADERS = {"sklearn-digits": _load_sklearn_digits}
+
+
+def _load_prepared(spec: BenchmarkSpec) -> SourceData:
+    from harness.cache import open_prepared
+
+    return open_prepared(spec)
+
+
+_LOADERS["images"] = _load_prepared
 
 
 def load_source(spec: BenchmarkSpec) -> SourceData:

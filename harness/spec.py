@@ -9,24 +9,47 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from harness.augment import TestTransform, TrainTransform
+
 from harness.errors import ConfigError, unknown
+from harness.image_sources import HubColumns
 from harness.paths import datasets_dir
 from harness.schema import load_named_yaml
 
-SOURCE_KINDS = ("sklearn-digits",)
+SOURCE_KINDS = ("sklearn-digits", "images")
+STYLES = ("cifar", "imagenet")
+
+
+@dataclass
+class HubSpec:
+    """A Hugging Face Hub dataset holding the benchmark (`datasets.load_dataset(id, config)`)."""
+
+    id: str
+    config: str | None = None
+    train_split: str = "train"
+    test_split: str | None = "test"  # None: no official test split (the seeded stratified split applies)
+    columns: HubColumns = field(default_factory=HubColumns)
 
 
 @dataclass
 class SourceSpec:
-    """Where the images come from. `sklearn-digits` is bundled with scikit-learn (no download)."""
+    """Where the images come from. `sklearn-digits` is bundled with scikit-learn (no download). `images`: a real
+    benchmark, read once by `clmerge prepare` from a local folder (`--source PATH`) or a Hub id (`--source ID`,
+    default `hub.id`) into a memory-mapped cache (harness/prepare.py)."""
 
     kind: str
-    id: str | None = None
-    path: str | None = None
+    hub: HubSpec | None = None
+    domains: list[str] | None = None  # DomainNet: the domains used (all six when None)
+    classes_file: str | None = None  # a class subset (one name per line; relative to datasets/); required if set
+    class_pattern: str | None = None  # regex every class name must match (e.g. wnids: ^n\d{8}$)
+    class_names: list[str] | None = None  # the expected class names, when known (sorted = class ids)
+    storage_size: int = 256  # images stored as S×S: shorter side resized to S, centre crop
 
     def validate(self, where: str) -> None:
         if self.kind not in SOURCE_KINDS:
             raise unknown("source kind", self.kind, SOURCE_KINDS, where)
+        if self.storage_size < 8:
+            raise ConfigError(f"{where}.storage_size: must be >= 8, got {self.storage_size}")
 
 
 @dataclass
@@ -80,22 +103,31 @@ class BenchmarkSpec:
     source: SourceSpec
     num_classes: int
     split: SplitSpec
-    image: ImageSpec
     backbone: str
-    class_order: Literal["natural", "permutation"] | list[int] = "natural"
+    image: ImageSpec | None = None  # model input; for `images` benchmarks it comes from the protocol
+    class_order: Literal["natural", "permutation", "pcg64-shuffle", "python-shuffle"] | list[int] = "natural"
     order_seed: int | None = None
     held_out: HeldOutSpec | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    style: Literal["cifar", "imagenet"] | None = None  # which transforms of a protocol apply (images benchmarks)
+    protocol: str | None = None  # default protocol preset (datasets/protocols/), `--set protocol=...` overrides
+    notes: str = ""  # what differs across papers (shown by `clmerge list benchmarks`)
+    train_transform: TrainTransform | None = None  # set from the protocol (harness/protocol.py)
+    test_transform: TestTransform | None = None
     file: str = ""
 
     def validate(self, where: str) -> None:
+        if self.source.kind == "images" and (self.style is None or self.protocol is None):
+            raise ConfigError(f"{where}: an 'images' benchmark needs 'style' ({', '.join(STYLES)}) and a default 'protocol'")
+        if self.source.kind != "images" and self.image is None:
+            raise ConfigError(f"{where}: missing required key 'image' (size, channels, mean, std)")
         inc = self.increments()
         if sum(inc) != self.num_classes:
             raise ConfigError(f"{where}.split: tasks cover {sum(inc)} classes but num_classes is {self.num_classes}")
         if isinstance(self.class_order, list) and sorted(self.class_order) != list(range(self.num_classes)):
             raise ConfigError(f"{where}.class_order: an explicit order must be a permutation of 0..{self.num_classes - 1}")
-        if self.class_order == "permutation" and self.order_seed is None:
-            raise ConfigError(f"{where}.order_seed: required when class_order is 'permutation' (e.g. 1993, PILOT)")
+        if self.class_order in ("permutation", "pcg64-shuffle", "python-shuffle") and self.order_seed is None:
+            raise ConfigError(f"{where}.order_seed: required when class_order is {self.class_order!r} (e.g. 1993, PILOT)")
         from harness.config import TrainConfig  # late: config imports spec users, not the reverse
         from harness.schema import field_names
 

@@ -6,6 +6,7 @@ different code bases (mammoth natural, PILOT `np.random.seed(1993)` permutation,
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,18 +15,35 @@ from harness.spec import BenchmarkSpec
 
 
 def class_order(spec: BenchmarkSpec, order_seed: int | None) -> list[int]:
-    """Class ids in the order they are learnt.
+    """Class ids in the order they are learnt (ids = sorted class names, harness/image_sources.py).
 
-    `natural`: 0..C-1. `permutation`: NumPy legacy `RandomState(seed).permutation(C)` — identical to PILOT/iCaRL's
-    `np.random.seed(seed); np.random.permutation(C)` without touching the global RNG (seed 1993 over 100 classes
-    begins 68, 56, 78, 8, 23, …). An explicit list is used as given.
+    * `natural`: 0..C-1 (CODA-Prompt seed 0, L2P/DualPrompt, InfLoRA).
+    * `permutation`: NumPy legacy `RandomState(seed).permutation(C)` — identical to PILOT/iCaRL's
+      `np.random.seed(seed); np.random.permutation(C)` without touching the global RNG (seed 1993 over 100 classes
+      begins 68, 56, 78, 8, 23, …; research/benchmarks.md §1.1).
+    * `pcg64-shuffle`: `np.random.Generator(PCG64(seed)).shuffle(sorted ids)` — the P&M code base's
+      (SplitLoRA `continual_manager.py`, research/pm-spec.md §6.1).
+    * `python-shuffle`: `random.Random(seed).shuffle(ids)` — CODA-Prompt's `random.seed(seed); random.shuffle`
+      for seeds > 0 (seed 1 over 100 classes begins 53, 37, 65, 51, 4; research/benchmarks.md §1.2).
+    An explicit list is used as given.
     """
     if isinstance(spec.class_order, list):
         return list(spec.class_order)
+    n = spec.num_classes
     if spec.class_order == "natural":
-        return list(range(spec.num_classes))
+        return list(range(n))
     seed = spec.order_seed if order_seed is None else order_seed
-    return [int(c) for c in np.random.RandomState(seed).permutation(spec.num_classes)]
+    if spec.class_order == "permutation":
+        return [int(c) for c in np.random.RandomState(seed).permutation(n)]
+    if spec.class_order == "pcg64-shuffle":
+        ids = np.arange(n)
+        np.random.Generator(np.random.PCG64(seed)).shuffle(ids)
+        return [int(c) for c in ids]
+    if spec.class_order == "python-shuffle":
+        ids = list(range(n))
+        random.Random(seed).shuffle(ids)
+        return ids
+    raise ValueError(f"unknown class order {spec.class_order!r}")
 
 
 @dataclass(frozen=True)

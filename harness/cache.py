@@ -1,0 +1,52 @@
+"""Open a prepared benchmark (harness/prepare.py) as `SourceData` backed by memory maps: nothing is decoded or
+loaded whole; batches are gathered from the maps by index (harness/data.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from harness.errors import ConfigError
+from harness.prepare import prepared_dir
+from harness.sources import SourceData
+from harness.spec import BenchmarkSpec
+
+
+def prepare_command(spec: BenchmarkSpec) -> str:
+    hub = f" (default: the Hub dataset {spec.source.hub.id})" if spec.source.hub else ""
+    return f"clmerge prepare {spec.name} --source PATH_OR_HUB_ID{hub}"
+
+
+def open_prepared(spec: BenchmarkSpec) -> SourceData:
+    """The prepared cache of `spec`; a clear error naming the `prepare` command when it is missing or unfinished."""
+    path = prepared_dir(spec.name)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.exists():
+        partial = path.with_name(path.name + ".partial")
+        state = f"; an unfinished prepare is in {partial} (rerun the command to resume it)" if partial.exists() else ""
+        raise ConfigError(f"benchmark {spec.name} is not prepared ({path} has no manifest.json){state}. "
+                          f"Run: {prepare_command(spec)}")
+    manifest = json.loads(manifest_file.read_text())
+    names = manifest["class_names"]
+    if len(names) != spec.num_classes:
+        raise ConfigError(f"{path}: prepared with {len(names)} classes, {spec.name} needs {spec.num_classes}; "
+                          f"prepare it again with --force")
+    arrays = {}
+    for role in ("train", "test"):
+        arrays[role] = (np.load(path / f"{role}_images.npy", mmap_mode="r"), np.load(path / f"{role}_labels.npy"))
+        if len(arrays[role][0]) != manifest[role]["count"] or len(arrays[role][1]) != manifest[role]["count"]:
+            raise ConfigError(f"{path}: {role} arrays do not match the manifest; prepare it again with --force")
+    return SourceData(
+        train_images=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_images=arrays["test"][0],
+        test_labels=arrays["test"][1],
+        class_names=names,
+        split_hash=manifest["split_sha256"],
+    )
+
+
+def read_manifest(benchmark: str) -> dict | None:
+    f = prepared_dir(benchmark) / "manifest.json"
+    return json.loads(f.read_text()) if f.exists() else None
