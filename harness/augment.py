@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +219,7 @@ def autoaugment_batch(
     applied are left as they are. The slots are sequential, so grouping per slot is exact. There are at most ~50
     groups per slot whatever the batch size.
     """
+    import torchvision.transforms.v2.functional as F2
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.autoaugment import _apply_op  # torchvision's own op dispatch: no retyped semantics
 
@@ -243,7 +244,12 @@ def autoaugment_batch(
             magnitudes, _ = space[op_name]
             magnitude = float(magnitudes[mag_id].item()) if mag_id is not None else 0.0
             idx = torch.tensor(members, device=u8.device)
-            out[idx] = _apply_op(out[idx], op_name, -magnitude if negative else magnitude, interpolation=mode, fill=None)
+            if op_name == "Equalize":
+                # v1's tensor equalize loops over images in Python; v2's is batched and gives identical results
+                # (tests compare against v1 AutoAugment per sample)
+                out[idx] = F2.equalize(out[idx])
+            else:
+                out[idx] = _apply_op(out[idx], op_name, -magnitude if negative else magnitude, interpolation=mode, fill=None)
     return out
 
 
@@ -294,7 +300,8 @@ def resized_crop_batch(
     x: Tensor, boxes: Tensor, size: int, interpolation: Interp, flip: Tensor | None = None
 ) -> Tensor:
     """Crop ``boxes`` (top, left, h, w) from float ``[B, C, H, W]``, resize each to size×size and mirror the samples
-    where ``flip`` is True — one ``affine_grid`` + ``grid_sample`` for the whole batch.
+    where ``flip`` is True — one ``affine_grid`` + ``grid_sample`` for the whole batch. Bicubic can overshoot the
+    input range (the caller clamps).
 
     Output pixel centre k samples the input at ``left + (k + 0.5)·w/size − 0.5`` (the half-pixel convention of
     crop-then-resize); the flip negates the x axis of the affine map, which reverses the width axis exactly.
@@ -312,15 +319,21 @@ def resized_crop_batch(
     theta[:, 1, 2] = (2 * top + h) / H - 1
     theta = theta.to(device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
-    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
-    return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------------------ entry points
 
 
-def train_batch(u8: Tensor, t: TrainTransform, generator: torch.Generator) -> Tensor:
-    """Augment uint8 ``[B, C, H, W]`` (any device) into float32 ``[B, C, t.size, t.size]`` in [0, 1].
+def train_batch(
+    u8: Tensor,
+    t: TrainTransform,
+    generator: torch.Generator,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
+    """Augment uint8 ``[B, C, H, W]`` (any device) into float32 ``[B, C, t.size, t.size]`` in [0, 1], or normalised
+    ``(x - mean) / std`` when `mean`/`std` are given (fused into the final scaling: one pass fewer than doing it after).
 
     Draw order from `generator` (CPU): AutoAugment (if any), crop boxes (if random_resized_crop), flips (if flip).
     Same generator state → bit-identical output on the same device. The global RNG is never used.
@@ -338,17 +351,37 @@ def train_batch(u8: Tensor, t: TrainTransform, generator: torch.Generator) -> Te
     else:
         boxes = torch.tensor([[0, 0, H, W]], dtype=torch.long).expand(B, 4)
     flip = torch.rand(B, generator=generator) < 0.5 if t.flip else None
-    x = u8.float().div_(255.0)
-    return resized_crop_batch(x, boxes, t.size, t.interpolation, flip)
+    # resampling is linear, so it runs on 0..255 values and the /255 (and normalisation) is applied to the smaller
+    # output: one full-size pass fewer
+    out = resized_crop_batch(u8.float(), boxes, t.size, t.interpolation, flip)
+    return _to_unit(out, clamp=t.interpolation == "bicubic", mean=mean, std=std)
 
 
-def test_batch(u8: Tensor, t: TestTransform) -> Tensor:
-    """Deterministic evaluation transform of uint8 ``[B, C, H, W]`` into float32 in [0, 1]: antialiased resize of the
-    shorter side to ``t.resize`` (torchvision Resize(int) rule) then CenterCrop(``t.center_crop``)."""
+def _to_unit(x: Tensor, clamp: bool, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """0..255 floats → [0, 1] (ToTensor's x/255), or (x/255 - mean)/std in one fused pass; in place."""
+    if clamp:
+        x.clamp_(0.0, 255.0)  # cubic overshoot; PIL clamps to 0..255 too
+    if mean is None and std is None:
+        return x.div_(255.0)
+    C = x.shape[1]
+    m = torch.as_tensor(mean if mean is not None else [0.0] * C, dtype=x.dtype).expand(C)
+    sd = torch.as_tensor(std if std is not None else [1.0] * C, dtype=x.dtype).expand(C)
+    scale = (1.0 / (255.0 * sd)).view(1, -1, 1, 1).to(x.device)
+    shift = (-m / sd).view(1, -1, 1, 1).to(x.device)
+    return torch.addcmul(shift, x, scale, out=x)
+
+
+def test_batch(
+    u8: Tensor, t: TestTransform, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Tensor:
+    """Deterministic evaluation transform of uint8 ``[B, C, H, W]`` into float32 in [0, 1] (or normalised, as in
+    `train_batch`): antialiased resize of the shorter side to ``t.resize`` (torchvision Resize(int) rule) then
+    CenterCrop(``t.center_crop``)."""
     if u8.dtype != torch.uint8 or u8.ndim != 4:
         raise ValueError(f"expected uint8 [B, C, H, W], got {u8.dtype} {tuple(u8.shape)}")
-    x = u8.float().div_(255.0)
+    x = u8.float()
     H, W = x.shape[-2:]
+    resized = False
     if t.resize is not None:
         short, long = (H, W) if H <= W else (W, H)
         new_long = int(t.resize * long / short)  # torchvision's rule for Resize(int)
@@ -356,7 +389,7 @@ def test_batch(u8: Tensor, t: TestTransform) -> Tensor:
         if size != (H, W):
             # antialias=True is what PIL and torchvision's Resize do; for upscaling it also selects PIL's a=-0.5 cubic
             x = F.interpolate(x, size=size, mode=t.interpolation, antialias=True, align_corners=False)
-            x = x.clamp_(0.0, 1.0)
+            resized = True
     if t.center_crop is not None:
         c = t.center_crop
         H, W = x.shape[-2:]
@@ -364,4 +397,4 @@ def test_batch(u8: Tensor, t: TestTransform) -> Tensor:
             raise ValueError(f"center_crop {c} is larger than the (resized) image {H}×{W}")
         top, left = int(round((H - c) / 2.0)), int(round((W - c) / 2.0))
         x = x[..., top : top + c, left : left + c]
-    return x.contiguous()
+    return _to_unit(x.contiguous(), clamp=resized and t.interpolation == "bicubic", mean=mean, std=std)
