@@ -13,7 +13,7 @@ def clmerge(*args, env=None):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["run", "--benchmark", "nope", "--method", "seq-lora"], "unknown benchmark 'nope'; valid: split-digits"),
+        (["run", "--benchmark", "nope", "--method", "seq-lora"], "unknown benchmark 'nope'; valid: cifar100-10"),
         (["run", "--benchmark", "split-digits", "--method", "nope"], "unknown method 'nope'; valid:"),
         (["run", "--benchmark", "split-digits", "--method", "seq-lora", "--set", "train.epoch=2"], "unknown key 'train.epoch'"),
         (["grid", "missing.yaml"], "unknown grid or table 'missing.yaml'"),
