@@ -118,7 +118,7 @@ PUBLISHED = [
     ("syn/seq", "split-digits", "seq-lora", "LoRA", "a_last", "50.00", "", "paper-text"),
     ("syn/joint", "split-digits", "joint", "Joint", "a_avg", "88.0", ".5", "official-log"),
     ("syn/pm", "split-digits", "pm", "P&M", "a_last", "70.00", "", "secondary-note"),
-    ("syn/planned", "split-digits", "trm", "TRM", "a_last", "60.0", "", "aggregator"),
+    ("syn/planned", "split-digits", "future-merge", "Future", "a_last", "60.0", "", "aggregator"),
     ("syn/paper", "cifar100-10", "L2P & Co_1", "L2P & Co_1", "a_last", "71.26", "0.44", "paper-text"),
 ]
 
@@ -137,6 +137,7 @@ def _reference(tmp_path, monkeypatch, table_yaml: str, published=PUBLISHED):
         + "".join(f"      {k}: {v}\n" for k, v in FAST.items()))
     (ref / "tables" / "syn.yaml").write_text(textwrap.dedent(table_yaml))
     monkeypatch.setenv("CLMERGE_REFERENCE", str(ref))
+    monkeypatch.setitem(lb.PLANNED_METHODS, "future-merge", "a method announced but not written (test)")
     return ref
 
 
@@ -195,7 +196,7 @@ def test_report_over_synthetic_runs_matches_hand_computation(tmp_path, monkeypat
     # Δ = +2.50 > max(1.0, 2·√(0.71² + 0.5²) = 1.73) → differs
     assert f"| split-digits | Joint | joint | A_avg | {j_mean:.2f} ± {j_std:.2f} (2/3) | 88.0 ± 0.5 | +2.50 | differs |" in md
     assert "| split-digits | P&M | pm | A_last | 75.00 (1/3) | 70.00 | +5.00 | protocol differs |" in md
-    assert "| split-digits | TRM | trm | A_last | – | 60.0 | – | no implementation |" in md
+    assert "| split-digits | Future | future-merge | A_last | – | 60.0 | – | no implementation |" in md
     assert "| cifar100-10 | L2P & Co_1 | – | A_last | – | 71.26 ± 0.44 | – | no implementation |" in md
     assert "first remark" in md and "second remark" in md and "another split" in md
     # footer: environment from the runs
@@ -298,7 +299,7 @@ def test_table_typos_are_errors(tmp_path, monkeypatch):
     check("  - syn/seq\n", "unknown preset 'nope'", extra="preset: nope\n")
     check("  - syn/seq\n", r"unknown method 'sq-lora' in .*method_overrides", extra="method_overrides: {sq-lora: {}}\n")
     # a planned method in a row is not an error: it shows as "no implementation"
-    bad.write_text("name: ok\ndescription: d\nrows:\n  - {ref: syn/seq, method: inflora}\n")
+    bad.write_text("name: ok\ndescription: d\nrows:\n  - {ref: syn/seq, method: future-merge}\n")
     (entry,) = lb.resolve_table(str(bad)).entries
     assert not entry.implemented and "planned" in entry.missing and entry.cells == []
     with pytest.raises(ConfigError, match="unknown table 'pm-mergin'"):
