@@ -170,11 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     ap.add_argument("--protocols", nargs="+", default=["pilot", "pm"], choices=["pilot", "pm", "inflora"])
     ap.add_argument("--warmup", type=int, default=2, help="batches excluded from timing per path (default 2)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads for the clmerge path (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="600 images, 1 warm-up batch: a fast smoke run")
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.warmup = min(args.images, 600), 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
 
