@@ -19,6 +19,10 @@ def clmerge(*args, env=None):
         (["grid", "missing.yaml"], "unknown grid or table 'missing.yaml'"),
         (["report", "nope"], "unknown grid or table 'nope'; valid: digits-2x5, inflora-logs, inr-5-10-20"),
         (["reproduce", "pm-mergin"], "unknown grid or table 'pm-mergin'"),
+        (["prepare", "imagenet-r-10", "--source", "/nonexistent/imagenet-r"], "no such folder"),
+        (["prepare", "split-digits"], "needs no preparation"),
+        (["run", "--benchmark", "cifar100-10", "--method", "seq-lora", "--set", "protocol=nope"], "unknown protocol 'nope'"),
+        (["stream", "cifar100-10", "--protocol", "nope"], "unknown protocol 'nope'; valid: inflora, pilot, pm"),
     ],
 )
 def test_bad_input_exits_non_zero_with_message(args, message):
