@@ -1,8 +1,8 @@
 """Batched, seeded train/test augmentation on uint8 image batches (CPU or GPU), for the cached benchmarks.
 
 Images come from the prepared cache as uint8 ``[B, C, S, S]`` (S=256 for ImageNet-like data: shorter side resized to
-256 then centre-cropped; CIFAR stored natively at 32). Nothing here decodes files or loops over samples in Python
-except where torchvision's ops force it (AutoAugment groups, see below). Every random number comes from an explicit
+256 then centre-cropped; CIFAR stored natively at 32). Nothing here decodes files; per-sample Python loops are
+limited to AutoAugment's groups and the CPU crop kernel (see below). Every random number comes from an explicit
 CPU ``torch.Generator`` (never the global RNG), so a run's augmentation stream is fixed by its seed and is the same on
 CPU and GPU (draws are made on the CPU and moved to the images' device).
 
@@ -17,27 +17,39 @@ Protocols (research notes: benchmarks.md §1, pm-spec.md §5; see `preset`):
 - ``inflora``: CIFAR RRC(224) + flip / Resize(224); ImageNet-R (and DomainNet, CODA-style) RRC(224) + flip /
   Resize(256) + CenterCrop(224); CUB and ImageNet-A PILOT-style. [0, 1] pixels.
 
+How RandomResizedCrop (+ flip) is computed, by device — both sample output pixel k of a box at input coordinate
+``left + (k + 0.5)·w/size − 0.5`` (crop-then-resize's half-pixel convention):
+
+- CPU: exactly torchvision's tensor RandomResizedCrop: per sample, ``F.interpolate`` of the uint8 crop with
+  ``antialias=True`` (PyTorch's SIMD uint8 kernel, a port of Pillow-SIMD's resampler: PIL's filters, antialiased when
+  downscaling, cubic a=-0.5, rounded to uint8 like PIL), then the flip as an index reversal. This is a loop over the
+  batch, but each step is one native kernel call on a ~200 KB image; measured on this project's 2-core machine it is
+  ~4.5× faster than the batched float kernels below (151 ms vs 690 ms for 256 images at 256² → 224², 1 thread), which
+  must convert the whole uint8 batch to float first and are point-sampling scalar loops on CPU.
+- CUDA (or any other device): one batched call for the whole batch (`resized_crop_batch`: ``roi_align`` for
+  bilinear, ``grid_sample`` for bicubic, flip folded into the sampling map) on float 0..255 values, because a
+  per-sample loop would be launch-bound there. Differences from the CPU result: (a) no antialiasing — the kernel is
+  point-sampled once per output pixel; it only matters when a crop is *downscaled*, at most 256/224 ≈ 1.14× for S=256,
+  size 224 (RRC boxes are at most the image), where it differs from the antialiased result by ~2/255 mean absolute on
+  noisy images (less on natural ones, ~0 below 1.05×); CIFAR (32 → 224) is always upscaled. Supersampling (roi_align
+  sampling_ratio 2) was measured and rejected: closer only at exactly 1.14×, worse for milder downscales. (b) bicubic
+  is PyTorch's Keys kernel with a=-0.75 (PIL: a=-0.5), slightly sharper. (c) at a box edge the kernel reads the true
+  neighbouring pixels instead of replicating the box's edge. (d) no rounding to uint8 between resize and ToTensor;
+  cubic overshoot is clamped to 0..255.
+
 Deviations from the per-sample PIL path (``torchvision.transforms`` on PIL images), all deliberate:
 
 1. Geometry is applied to the *stored* square image, not the original file: AutoAugment and RandomResizedCrop see
    the 256×256 centre crop, so crops can never include the borders that the cache's centre crop removed, and
    AutoAugment's translate magnitudes (a fraction of the image side) are relative to 256, not the original size.
-2. RandomResizedCrop is one batched op per batch (``roi_align`` for bilinear, ``grid_sample`` for bicubic; crop and
-   resize and flip as a per-sample affine map) with half-pixel-centre sampling, i.e. the
-   same pixel mapping as crop-then-resize. Differences: (a) no antialiasing: the kernel is point-sampled once per
-   output pixel. Antialiasing only matters when a crop is *downscaled*; with S=256 and size 224 the largest
-   downscale is 256/224 ≈ 1.14 (RRC boxes are at most the image), where the result differs from the antialiased one
-   by ~2/255 mean absolute on noisy images (less on natural ones, ~0 below 1.05×); CIFAR (32 → 224) is always
-   upscaled. Supersampling (roi_align's sampling_ratio 2) was measured and rejected: closer only at exactly 1.14×,
-   worse for milder downscales. (b) bicubic uses PyTorch's Keys kernel with a=-0.75 (PIL uses a=-0.5): slightly sharper upsampling.
-   (c) at the box edge the kernel reads the real neighbouring pixels outside the box instead of replicating the
-   box's edge (image borders are replicated, as in PIL). (d) output stays float: no rounding back to uint8
-   between resize and ToTensor, and bicubic overshoot is clamped to [0, 1] (PIL clamps to 0..255).
+2. Resampling: on CPU PyTorch's uint8 kernels instead of PIL's (same filters, rounding may differ by one level); on
+   CUDA the batched kernels above.
 3. AutoAugment runs on uint8 tensors with torchvision's tensor ops (the same ops ``torchvision.transforms.AutoAugment``
    applies to tensors); the tensor kernels differ from PIL's by rounding in a few ops (e.g. the enhance family) and
    geometric ops fill with 0 (black), as AutoAugment's default ``fill=None`` does.
 4. Random parameters follow torchvision's documented rules but are drawn vectorised from the run's generator, so the
-   stream differs from torchvision's (which draws one sample at a time from the global RNG).
+   stream differs from torchvision's (which draws one sample at a time from the global RNG). The same draws are made
+   on every device, so CPU and CUDA runs see the same crops, flips and AutoAugment ops.
 """
 
 from __future__ import annotations
@@ -302,7 +314,7 @@ def resized_crop_batch(
     x: Tensor, boxes: Tensor, size: int, interpolation: Interp, flip: Tensor | None = None
 ) -> Tensor:
     """Crop ``boxes`` (top, left, h, w) from float ``[B, C, H, W]``, resize each to size×size and mirror the samples
-    where ``flip`` is True, for the whole batch at once.
+    where ``flip`` is True, for the whole batch at once (the CUDA path of `train_batch`; works on any device).
 
     Output pixel centre k samples the input at ``left + (k + 0.5)·w/size − 0.5`` (the half-pixel convention of
     crop-then-resize), one kernel evaluation per output pixel (no antialiasing, see the module docstring):
@@ -343,6 +355,20 @@ def resized_crop_batch(
     return F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
 
 
+def resized_crop_per_sample(
+    u8: Tensor, boxes: Tensor, size: int, interpolation: Interp, flip: Tensor | None = None
+) -> Tensor:
+    """torchvision's tensor RandomResizedCrop (+ flip) for uint8 ``[B, C, H, W]`` → uint8 ``[B, C, size, size]``: per
+    sample, crop ``boxes[b]`` (top, left, h, w) and resize with ``antialias=True`` (the CPU path of `train_batch`)."""
+    out = torch.empty((u8.shape[0], u8.shape[1], size, size), dtype=torch.uint8, device=u8.device)
+    mirror = [False] * u8.shape[0] if flip is None else flip.tolist()
+    for b, (top, left, h, w) in enumerate(boxes.tolist()):
+        crop = u8[b : b + 1, :, top : top + h, left : left + w]
+        r = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False)[0]
+        out[b] = r.flip(-1) if mirror[b] else r
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ entry points
 
 
@@ -372,6 +398,8 @@ def train_batch(
     else:
         boxes = torch.tensor([[0, 0, H, W]], dtype=torch.long).expand(B, 4)
     flip = torch.rand(B, generator=generator) < 0.5 if t.flip else None
+    if u8.device.type == "cpu":
+        return _to_unit(resized_crop_per_sample(u8, boxes, t.size, t.interpolation, flip).float(), False, mean, std)
     # resampling is linear, so it runs on 0..255 values and the /255 (and normalisation) is applied to the smaller
     # output: one full-size pass fewer
     out = resized_crop_batch(u8.float(), boxes, t.size, t.interpolation, flip)

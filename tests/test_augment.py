@@ -67,23 +67,25 @@ def test_rrc_crop_content_is_the_drawn_box_with_the_expected_area():
     x = _ramp().expand(40, 3, 256, 256).contiguous()
     s, size = 0.25, 64
     t = A.TrainTransform(size=size, scale=[s, s], ratio=[1.0, 1.0])
-    out = A.train_batch(x, t, _gen(3)) * 255.0
-    boxes = A.draw_crop_boxes(40, 256, 256, t.scale, t.ratio, _gen(3))
+    boxes = A.draw_crop_boxes(40, 256, 256, t.scale, t.ratio, _gen(3))  # what train_batch draws from the same seed
     top, left, h, w = boxes.double().unbind(1)
     assert torch.all(w == 128) and torch.all(h == 128)  # round(sqrt(0.25 · 256²))
     assert torch.allclose(h * w / 256**2, torch.full((40,), s, dtype=torch.float64))
     assert len(set(left.tolist())) > 10 and len(set(top.tolist())) > 10  # positions vary
+    # output pixel k samples input coordinate left + (k + 0.5)·w/size − 0.5; a ramp reproduces it (a symmetric
+    # filter keeps a linear ramp), except where the kernel meets the box edge
     k = torch.arange(size, dtype=torch.float64) + 0.5
-    # output pixel k samples input coordinate left + (k + 0.5)·w/size − 0.5 (a bilinear ramp reproduces it exactly)
-    want_x = left[:, None] + k[None] * (w / size)[:, None] - 0.5
-    want_y = top[:, None] + k[None] * (h / size)[:, None] - 0.5
-    out = out.double()
-    assert torch.allclose(out[:, 0], want_x[:, None, :].expand(-1, size, -1), atol=1e-3)
-    assert torch.allclose(out[:, 1], want_y[:, :, None].expand(-1, -1, size), atol=1e-3)
+    want_x = (left[:, None] + k[None] * (w / size)[:, None] - 0.5)[:, None, :].expand(-1, size, -1)
+    want_y = (top[:, None] + k[None] * (h / size)[:, None] - 0.5)[:, :, None].expand(-1, -1, size)
+    cpu = A.train_batch(x, t, _gen(3)).double() * 255  # CPU path: antialiased uint8 resize, rounded
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    assert (cpu[:, 0] - want_x)[inner].abs().max() <= 0.5 + 1e-4
+    assert (cpu[:, 1] - want_y)[inner].abs().max() <= 0.5 + 1e-4
+    batched = A.resized_crop_batch(x.float(), boxes, size, "bilinear").double()  # CUDA path, run on CPU here
+    assert torch.allclose(batched[:, 0], want_x, atol=1e-3) and torch.allclose(batched[:, 1], want_y, atol=1e-3)
     # and the box can be read back from the content alone
-    row = out[:, 0, 0]
-    w_read = (row[:, -1] - row[:, 0]) * size / (size - 1)
-    assert torch.allclose(w_read, w, atol=1e-2)
+    row = batched[:, 0, 0]
+    assert torch.allclose((row[:, -1] - row[:, 0]) * size / (size - 1), w, atol=1e-2)
 
 
 def test_rrc_fallback_is_the_central_crop_clamped_to_the_ratio():
@@ -106,7 +108,18 @@ def test_rrc_box_statistics_match_torchvision():
     assert 0.079 <= ours[:, 4].min() and ours[:, 4].max() <= 1.0
 
 
-def test_resized_crop_matches_torchvision_crop_then_resize_in_the_interior():
+def test_cpu_crop_is_torchvision_resized_crop_exactly():
+    x = _images(16, 64)
+    boxes = A.draw_crop_boxes(16, 64, 64, [0.3, 1.0], [3 / 4, 4 / 3], _gen(2))
+    flip = torch.arange(16) % 2 == 0
+    for mode in ("bilinear", "bicubic"):
+        ours = A.resized_crop_per_sample(x, boxes, 48, mode, flip)
+        for i in range(16):
+            ref = TF.resized_crop(x[i], *boxes[i].tolist(), [48, 48], interpolation=T.InterpolationMode(mode), antialias=True)
+            assert torch.equal(ours[i], ref.flip(-1) if flip[i] else ref)
+
+
+def test_batched_crop_matches_torchvision_crop_then_resize_in_the_interior():
     x = _images(16, 64).float() / 255
     boxes = A.draw_crop_boxes(16, 64, 64, [0.3, 1.0], [3 / 4, 4 / 3], _gen(2))
     for mode, interp in [("bilinear", T.InterpolationMode.BILINEAR), ("bicubic", T.InterpolationMode.BICUBIC)]:
@@ -124,16 +137,21 @@ def test_flip_reverses_width_on_about_half_the_samples(interp):
     x = _ramp(64).expand(n, 3, 64, 64).contiguous()
     plain = A.train_batch(x, A.TrainTransform(size=32, flip=False, interpolation=interp), _gen(5))
     flipped = A.train_batch(x, A.TrainTransform(size=32, flip=True, interpolation=interp), _gen(5))  # flips drawn last
-    # bicubic mirrors exactly; bilinear (roi_align on a reversed box) up to float32 rounding of sample positions
-    tol = 0.0 if interp == "bicubic" else 1e-5
-    close = lambda a, b: bool((a - b).abs().max() <= tol)  # noqa: E731
-    is_flipped = torch.tensor([close(flipped[i], plain[i].flip(-1)) for i in range(n)])
+    is_flipped = torch.tensor([torch.equal(flipped[i], plain[i].flip(-1)) for i in range(n)])
     is_same = torch.tensor([torch.equal(flipped[i], plain[i]) for i in range(n)])
     assert torch.all(is_flipped ^ is_same)
     assert 150 < int(is_flipped.sum()) < 250
     # on a column ramp a flipped sample decreases along the width, an unflipped one increases
     i, j = int(is_flipped.nonzero()[0]), int(is_same.nonzero()[0])
-    assert torch.all(flipped[i, 0, :, 1:] < flipped[i, 0, :, :-1]) and torch.all(flipped[j, 0, :, 1:] > flipped[j, 0, :, :-1])
+    assert torch.all(flipped[i, 0, :, 1:] <= flipped[i, 0, :, :-1]) and torch.all(flipped[j, 0, :, 1:] >= flipped[j, 0, :, :-1])
+    assert flipped[i, 0, 0, 0] > flipped[i, 0, 0, -1] and flipped[j, 0, 0, 0] < flipped[j, 0, 0, -1]
+    # the batched (CUDA) kernel mirrors its sampling map: exact for bicubic, float32 rounding for roi_align
+    boxes = A.draw_crop_boxes(n, 64, 64, [0.08, 1.0], [3 / 4, 4 / 3], _gen(6))
+    mirror = torch.arange(n) % 2 == 1
+    a = A.resized_crop_batch(x.float(), boxes, 32, interp)
+    b = A.resized_crop_batch(x.float(), boxes, 32, interp, mirror)
+    assert torch.equal(a[~mirror], b[~mirror])
+    assert (a[mirror].flip(-1) - b[mirror]).abs().max() <= (0.0 if interp == "bicubic" else 2e-3)  # 0..255 scale
 
 
 @pytest.mark.parametrize("policy,interp", [("imagenet", "nearest"), ("cifar10", "bilinear")])
