@@ -141,8 +141,9 @@ class HubColumns:
 def _infer_columns(features, cols: HubColumns, where: str) -> HubColumns:
     from datasets import ClassLabel, Image
 
-    image = cols.image or next((k for k, f in features.items() if isinstance(f, Image)), None)
-    label = cols.label or next(
+    # configured columns that this copy lacks (another upload of the dataset) fall back to inference
+    image = cols.image if cols.image in features else next((k for k, f in features.items() if isinstance(f, Image)), None)
+    label = cols.label if cols.label in features else next(
         (k for k in ("fine_label", "label", "y", "wnid", "category") if k in features),
         next((k for k, f in features.items() if isinstance(f, ClassLabel)), None),
     )
@@ -152,6 +153,23 @@ def _infer_columns(features, cols: HubColumns, where: str) -> HubColumns:
     if cols.domain is not None and cols.domain not in features:
         raise ConfigError(f"{where}: domain column {cols.domain!r} not in columns {', '.join(features)}")
     return HubColumns(image, label, cols.domain)
+
+
+def _image_paths(ds, column: str) -> list[str | None]:
+    """The `path` field of an undecoded Image column, read from Arrow without materialising the image bytes."""
+    import pyarrow.compute as pc
+
+    table = getattr(ds.data, "table", ds.data)
+    if getattr(ds, "_indices", None) is None and column in table.column_names:
+        return pc.struct_field(table.column(column), "path").to_pylist()
+    return [(v or {}).get("path") for v in ds.select_columns([column])[column]]  # rare: an indices mapping
+
+
+def is_hub_folder(root: Path) -> bool:
+    """A local copy of a Hub dataset repository (parquet/arrow files, e.g. `data/train-00000-of-00001.parquet`)."""
+    return not any(_is_image(p.name) for p in root.iterdir() if p.is_file()) and any(
+        p.suffix in (".parquet", ".arrow") for p in root.rglob("*") if p.is_file()
+    )
 
 
 def list_hub(
@@ -183,6 +201,8 @@ def list_hub(
     for role, split_name in splits.items():
         if split_name is None:
             continue
+        if split_name not in dsd and role in dsd:  # another copy may name its splits plainly
+            split_name = role
         if split_name not in dsd:
             raise ConfigError(f"{where}: has no split {split_name!r} (it has: {', '.join(dsd)})")
         ds = dsd[split_name]
@@ -192,7 +212,7 @@ def list_hub(
         names = feat.names if isinstance(feat, ClassLabel) else None
         labels = ds[c.label]
         doms = ds[c.domain] if c.domain else [None] * len(labels)
-        paths = [(v or {}).get("path") for v in ds.select_columns([c.image])[c.image]]
+        paths = _image_paths(ds, c.image)
         out = []
         for i, (lab, dom, path) in enumerate(zip(labels, doms, paths)):
             if domains and dom not in domains:

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.image_sources import Listing, Sample, list_folder, list_hub
+from harness.image_sources import Listing, Sample, is_hub_folder, list_folder, list_hub
 from harness.io import atomic_write_text
 from harness.paths import cache_dir, datasets_dir
 from harness.spec import BenchmarkSpec
@@ -58,21 +58,27 @@ class PrepareResult:
 def resolve_source(spec: BenchmarkSpec, source: str | None, load_hub: Callable | None = None) -> Listing:
     """A local folder if `source` is an existing directory, else a Hub id (default: the spec's `hub.id`)."""
     src = spec.source
-    if source is not None and Path(source).expanduser().exists():
-        return list_folder(Path(source).expanduser().resolve(), src.domains)
     hub = src.hub
+    if source is not None and Path(source).expanduser().exists():
+        root = Path(source).expanduser().resolve()
+        if root.is_dir() and is_hub_folder(root):  # a downloaded Hub repository: read it as the Hub id would be
+            source = str(root)
+        else:
+            return list_folder(root, src.domains)
     if source is None and hub is None:
         raise ConfigError(f"{spec.name}: no default Hub dataset; give --source PATH (a local image folder)")
-    if source is not None and (source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1):
+    if source is not None and not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise ConfigError(f"--source {source}: no such folder (a Hub id looks like owner/name)")
     hub_id = source or hub.id
     same = hub is not None and hub_id == hub.id
     from harness.image_sources import HubColumns
 
+    # Another id or a local copy is taken to hold the same dataset: the spec's split and column names are tried
+    # first, plain train/test and inferred columns where it lacks them.
     return list_hub(
         hub_id,
-        {"train": hub.train_split if same else "train", "test": hub.test_split if same else "test"},
-        hub.columns if same else HubColumns(domain=hub.columns.domain if hub else None),
+        {"train": hub.train_split, "test": hub.test_split} if hub else {"train": "train", "test": "test"},
+        hub.columns if hub else HubColumns(),
         config=hub.config if same else None,
         domains=src.domains,
         load=load_hub,

@@ -64,6 +64,15 @@ def test_cifar_from_hub_format_round_trip_is_bit_exact(cache):
         assert np.array_equal(data.train_images[i], expected)
         assert data.train_labels[i] == dsd["train"][row]["fine_label"]  # ClassLabel names are sorted: ids agree
 
+    # the same dataset as a downloaded Hub repository (parquet shards), read through datasets.load_dataset
+    repo = cache.parent / "cifar100-repo"
+    (repo / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        dsd[split].to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    again = prepare(load_spec("cifar100-10"), source=str(repo), force=True, **SILENT).manifest
+    assert again["split_sha256"] == res.manifest["split_sha256"] and again["layout"] == f"hub:{repo}"
+    assert np.array_equal(open_prepared(load_spec("cifar100-10")).test_images, data.test_images)
+
 
 # ---- folders: ImageNet-R (wnids, no split), CUB archive, DomainNet archive, PILOT train/test ---------------------
 
