@@ -22,7 +22,8 @@ COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"
 DEFINITION = (
     "A_t = accuracy over all seen test samples after task t (sample-weighted, as P&M/PILOT); A_last = A_T; "
     "A_avg = mean_t A_t; Forgetting = mean over old tasks of (best-ever − final) accuracy; Task-aware = each sample "
-    "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %."
+    "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
+    "the LoRA over the first steps of tasks ≥ 1 (mean; small = training stalls after a merge; not in %)."
 )
 
 
@@ -47,8 +48,15 @@ def collect(cells: list[RunConfig], root: Path | None = None):
             row.update({k: m.get(k) for k, _ in COLUMNS})
             row["acc_curve"] = m["acc_curve"]
             row["reconstruction"] = bool(r.get("method_info", {}).get("reconstruction"))
+            row["grad_norm_start"] = start_grad_norm(r.get("grad_norms"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def start_grad_norm(grad_norms: list[dict] | None) -> float:
+    """Mean LoRA ("backbone") gradient norm over the recorded first steps of tasks ≥ 1 (NaN if not recorded)."""
+    vals = [v for rec in (grad_norms or [])[1:] for v in rec.get("backbone", [])]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def aggregate(runs):
@@ -61,6 +69,8 @@ def aggregate(runs):
         row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g))}
         for key, _ in COLUMNS:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(done[key].astype(float).to_numpy() if len(done) else [])
+        gn = done["grad_norm_start"].astype(float).to_numpy() if "grad_norm_start" in done and len(done) else []
+        row["grad_norm_start_mean"] = float(np.nanmean(gn)) if len(gn) and not np.isnan(gn).all() else math.nan
         out.append(row)
     return pd.DataFrame(out)
 
@@ -72,12 +82,14 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def markdown(agg, title: str) -> str:
-    head = "| benchmark | method | " + " | ".join(label for _, label in COLUMNS) + " | n |"
-    lines = [f"### {title}", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = "| benchmark | method | " + " | ".join(label for _, label in COLUMNS) + " | ‖∇‖ start | n |"
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(COLUMNS) + 4)]
     for _, r in agg.iterrows():
         vals = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS)
         n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
-        lines.append(f"| {r['benchmark']} | {r['method']} | {vals} | {n} |")
+        gn = r.get("grad_norm_start_mean", math.nan)
+        gn = "–" if math.isnan(gn) else f"{gn:.3g}"
+        lines.append(f"| {r['benchmark']} | {r['method']} | {vals} | {gn} | {n} |")
     lines += ["", DEFINITION, ""]
     return "\n".join(lines)
 

@@ -91,6 +91,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 "task_aware_matrix": state.task_aware,
                 "metrics": metrics.summarize(state.acc, n, state.task_aware),
                 "method_records": state.method_records,
+                "grad_norms": state.grad_norms,  # first steps of each task (harness/trainer.py GRAD_NORM_STEPS)
                 "timings": {"task_seconds": state.task_seconds, "wall_seconds": time.time() - start},
                 "env": environment(s.device),
             }

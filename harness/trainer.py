@@ -8,11 +8,18 @@ CPU). Two checkpoint files, each written atomically:
 
     checkpoint.pt        after every task: model trainable state, method state, RunState
     checkpoint.epoch.pt  after every epoch of the task in progress: the model, method state and method generators,
-                         optimiser, scheduler, batch-order generator and torch's global RNG as they are after that
-                         epoch. Resuming replays the task's `begin_task` on the state of checkpoint.pt, then loads
-                         this; it is ignored once checkpoint.pt has moved past its task.
+                         optimiser, scheduler, batch-order generator, torch's global RNG and the gradient norms
+                         recorded so far in the task, as they are after that epoch. Resuming replays the task's
+                         `begin_task` on the state of checkpoint.pt, then loads this; it is ignored once
+                         checkpoint.pt has moved past its task.
 
 A run killed at any point (time limit, preemption, scancel, OOM) thus loses at most one epoch of work.
+
+Diagnostic (every method): the L2 norm of the gradient the optimiser applies (after `after_backward`) over the first
+GRAD_NORM_STEPS steps of every task, over all trainable parameters ("all") and over those outside the heads
+("backbone": the LoRA), in `RunState.grad_norms` → result.json. It shows whether training stalls at the start of a
+task that begins from a merged model (the "vanishing gradient at the onset of the next task" of TRM,
+research/merging-methods.md §1.2) and whether a method cures it. Not part of the run's identity: it changes no result.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from harness.seeding import generator
 from harness.sources import SourceData, load_source
 from harness.spec import BenchmarkSpec, load_spec
 from harness.stream import Task, TaskStream, build_stream
+
+GRAD_NORM_STEPS = 20  # steps at the start of each task whose gradient norm is recorded
 
 
 def pick_device(name: str) -> torch.device:
@@ -71,6 +80,7 @@ class RunState:
     task_aware: list[list[float]] = field(default_factory=list)  # R[t][j] scored by task j's own head only
     task_seconds: list[float] = field(default_factory=list)
     method_records: list[dict] = field(default_factory=list)
+    grad_norms: list[dict] = field(default_factory=list)  # per task: {"all": [...], "backbone": [...]}, first steps
 
     @property
     def tasks_done(self) -> int:
@@ -137,8 +147,9 @@ def epoch_checkpoint_path(checkpoint: Path) -> Path:
 def train_task(
     s: Setup, task: Task, progress: Callable[[], None], epoch_ckpt: Path | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> None:
-    """begin_task, the epochs (resuming after the last epoch saved in `epoch_ckpt`, saving it after each), end_task."""
+) -> dict[str, list[float]]:
+    """begin_task, the epochs (resuming after the last epoch saved in `epoch_ckpt`, saving it after each), end_task.
+    Returns the gradient norms of the task's first GRAD_NORM_STEPS steps ({"all": [...], "backbone": [...]})."""
     cfg, model, method = s.cfg, s.model, s.method
     method.begin_task(model, task)
     saved = _load_epoch_checkpoint(epoch_ckpt, s, task) if epoch_ckpt is not None and epoch_ckpt.exists() else None
@@ -147,11 +158,13 @@ def train_task(
     indices = method.train_indices(task)
     g = generator(cfg.seed, "batches", task.index)
     first = 0
+    norms: dict[str, list[float]] = {"all": [], "backbone": []}
     if saved is not None:  # after the model and method: the optimiser state refers to the restored parameters
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         g.set_state(saved["batches"])
         first = saved["epochs_done"]
+        norms = saved.get("grad_norms", norms)
         log(f"resumed at task {task.index}, epoch {first} of {cfg.train.epochs} (from {epoch_ckpt.name})")
     model.train()
     for epoch in range(first, cfg.train.epochs):
@@ -166,16 +179,37 @@ def train_task(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             method.after_backward(model, task)
+            if len(norms["all"]) < GRAD_NORM_STEPS:
+                _record_grad_norm(norms, opt, model)
             opt.step()
         sched.step()
         method.end_epoch(model, task, epoch)
         if epoch_ckpt is not None:
-            _save_epoch_checkpoint(epoch_ckpt, s, task, epoch + 1, opt, sched, g)
+            _save_epoch_checkpoint(epoch_ckpt, s, task, epoch + 1, opt, sched, g, norms)
         progress()
     method.end_task(model, task, TaskData(s.train_bank, indices))
+    return norms
 
 
-def _save_epoch_checkpoint(path: Path, s: Setup, task: Task, epochs_done: int, opt, sched, g: torch.Generator) -> None:
+@torch.no_grad()
+def _record_grad_norm(norms: dict[str, list[float]], opt: torch.optim.Optimizer, model: CLModel) -> None:
+    """Append ‖g‖₂ over all optimised parameters and over those outside the heads (one sync per step, first steps only)."""
+    heads = {id(p) for p in model.heads.parameters()}
+    sq_all, sq_backbone = [], []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                sq = p.grad.detach().float().square().sum()
+                sq_all.append(sq)
+                if id(p) not in heads:
+                    sq_backbone.append(sq)
+    for key, sq in (("all", sq_all), ("backbone", sq_backbone)):
+        norms[key].append(float(torch.stack(sq).sum().sqrt()) if sq else 0.0)
+
+
+def _save_epoch_checkpoint(
+    path: Path, s: Setup, task: Task, epochs_done: int, opt, sched, g: torch.Generator, grad_norms: dict
+) -> None:
     atomic_torch_save(
         {
             "run_id": s.cfg.run_id(),
@@ -187,6 +221,7 @@ def _save_epoch_checkpoint(path: Path, s: Setup, task: Task, epochs_done: int, o
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "batches": g.get_state(),
+            "grad_norms": grad_norms,
             # Nothing in the loop should draw from the global RNGs; saved anyway so that a library that does
             # (e.g. dropout) still resumes exactly.
             "torch_rng": torch.get_rng_state(),
@@ -263,7 +298,7 @@ def run_tasks(
                 break
             start = time.perf_counter()
             epoch_ckpt = epoch_checkpoint_path(checkpoint) if checkpoint is not None else None
-            train_task(s, task, progress=lambda: bar.update(1), epoch_ckpt=epoch_ckpt, log=log)
+            norms = train_task(s, task, progress=lambda: bar.update(1), epoch_ckpt=epoch_ckpt, log=log)
             cil, ta = evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, task.index, s.cfg.train.eval_batch_size)
             if any(math.isnan(v) for v in cil):
                 raise TrainingDiverged(f"task {task.index}: accuracy is NaN")
@@ -271,6 +306,7 @@ def run_tasks(
             state.task_aware.append(ta)
             state.task_seconds.append(time.perf_counter() - start)
             state.method_records.append(s.method.task_record(task))
+            state.grad_norms.append(norms)
             n = [len(t.test_indices) for t in s.stream.tasks[: task.index + 1]]
             bar.set_postfix(acc=f"{sum(c * k for c, k in zip(cil, n)) / sum(n):.3f}")
             if checkpoint is not None:
