@@ -66,6 +66,13 @@ PRESETS: dict[str, BackbonePreset] = {
             lora_rank=2,
         ),
         BackbonePreset(
+            name="vit-micro-rgb-test",
+            description="2-block ViT (dim 32, 16 px, 3 channels), seeded random init: tests of the image benchmarks",
+            timm_name="vit_tiny_patch16_224",
+            timm_kwargs=dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2, in_chans=3),
+            lora_rank=2,
+        ),
+        BackbonePreset(
             name="vit-b16-in21k-ft-in1k",
             description="ViT-B/16 ImageNet-21k → 1k (timm augreg2_in21k_ft_in1k): the P&M / SplitLoRA protocol",
             timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k",
@@ -325,3 +332,20 @@ class CLModel(nn.Module):
             for n, (sa, sb) in per_layer.items():
                 layers[n].lora_A[a].load_state_dict(sa)
                 layers[n].lora_B[a].load_state_dict(sb)
+
+    # ---- designed down-projections (InfLoRA) ----------------------------------------------------------------
+    @torch.no_grad()
+    def set_adapter_down(self, name: str, down: dict[str, torch.Tensor]) -> None:
+        """Overwrite the down-projection A (rank × in_features) of adapter `name` on the named layers."""
+        layers = self.lora_layers()
+        for n, a in down.items():
+            w = layers[n].lora_A[name].weight
+            w.copy_(a.to(w.dtype))
+
+    def adapter_up_parameters(self, name: str) -> list[nn.Parameter]:
+        """The up-projections B of adapter `name`, for training B only; its A factors are frozen (requires_grad off)."""
+        out = []
+        for m in self.lora_layers().values():
+            m.lora_A[name].weight.requires_grad_(False)
+            out.append(m.lora_B[name].weight)
+        return out

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from harness.backbone import CLModel
-from harness.config import ExecConfig, RunConfig
+from harness.config import ExecConfig, RunConfig, run_spec
 from harness.data import ImageBank
 from harness.errors import ConfigError, TrainingDiverged
 from harness.io import atomic_torch_save
@@ -43,7 +43,7 @@ from harness.registry import get_method
 from harness.schema import from_dict
 from harness.seeding import generator
 from harness.sources import SourceData, load_source
-from harness.spec import BenchmarkSpec, load_spec
+from harness.spec import BenchmarkSpec
 from harness.stream import Task, TaskStream, build_stream
 
 GRAD_NORM_STEPS = 20  # steps at the start of each task whose gradient norm is recorded
@@ -103,7 +103,7 @@ class Setup:
 
 
 def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
-    spec = load_spec(cfg.benchmark)
+    spec = run_spec(cfg)
     data = load_source(spec)
     stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
     device = pick_device(exec_cfg.device)
@@ -111,8 +111,9 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     method_cls = get_method(cfg.method)
     params = from_dict(method_cls.Params, dict(cfg.method_params), f"method_params of {cfg.method}")
     method = method_cls(params, MethodContext(config=cfg, stream=stream, device=device))
-    train_bank = ImageBank(data.train_images, stream.remap(data.train_labels), spec.image, device)
-    test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device)
+    train_bank = ImageBank(data.train_images, stream.remap(data.train_labels), spec.image, device,
+                           spec.test_transform, spec.train_transform)
+    test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device, spec.test_transform)
     return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank)
 
 
@@ -168,7 +169,12 @@ def train_task(
         log(f"resumed at task {task.index}, epoch {first} of {cfg.train.epochs} (from {epoch_ckpt.name})")
     model.train()
     for epoch in range(first, cfg.train.epochs):
-        for step, (x, y) in enumerate(s.train_bank.iterate(indices, cfg.train.batch_size, g)):
+        passes = (  # `epoch_repeats` passes per epoch; augmentation seeded per (task, epoch, pass, batch)
+            batch
+            for r in range(cfg.train.epoch_repeats)
+            for batch in s.train_bank.iterate(indices, cfg.train.batch_size, g, augment=(cfg.seed, "augment", task.index, epoch, r))
+        )
+        for step, (x, y) in enumerate(passes):
             with autocast(s.device):
                 loss = method.training_loss(model, x, y, task)
             if not torch.isfinite(loss):
