@@ -356,16 +356,29 @@ def resized_crop_batch(
 
 
 def resized_crop_per_sample(
-    u8: Tensor, boxes: Tensor, size: int, interpolation: Interp, flip: Tensor | None = None
+    u8: Tensor,
+    boxes: Tensor,
+    size: int,
+    interpolation: Interp,
+    flip: Tensor | None = None,
+    affine: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """torchvision's tensor RandomResizedCrop (+ flip) for uint8 ``[B, C, H, W]`` → uint8 ``[B, C, size, size]``: per
-    sample, crop ``boxes[b]`` (top, left, h, w) and resize with ``antialias=True`` (the CPU path of `train_batch`)."""
-    out = torch.empty((u8.shape[0], u8.shape[1], size, size), dtype=torch.uint8, device=u8.device)
-    mirror = [False] * u8.shape[0] if flip is None else flip.tolist()
+    """torchvision's tensor RandomResizedCrop (+ flip) for uint8 ``[B, C, H, W]``: per sample, crop ``boxes[b]`` (top,
+    left, h, w) and resize to size×size with ``antialias=True`` (the CPU path of `train_batch`).
+
+    Returns uint8, or with ``affine=(scale, shift)`` (per-channel ``[C, 1, 1]``) float32 ``resized·scale + shift``,
+    converted per sample while it is in cache (one pass over the batch fewer than converting afterwards)."""
+    B, C = u8.shape[:2]
+    out = torch.empty((B, C, size, size), dtype=torch.uint8 if affine is None else torch.float32, device=u8.device)
+    mirror = [False] * B if flip is None else flip.tolist()
     for b, (top, left, h, w) in enumerate(boxes.tolist()):
         crop = u8[b : b + 1, :, top : top + h, left : left + w]
         r = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False)[0]
-        out[b] = r.flip(-1) if mirror[b] else r
+        r = r.flip(-1) if mirror[b] else r
+        if affine is None:
+            out[b] = r
+        else:
+            torch.addcmul(affine[1], out[b].copy_(r), affine[0], out=out[b])
     return out
 
 
@@ -399,11 +412,18 @@ def train_batch(
         boxes = torch.tensor([[0, 0, H, W]], dtype=torch.long).expand(B, 4)
     flip = torch.rand(B, generator=generator) < 0.5 if t.flip else None
     if u8.device.type == "cpu":
-        return _to_unit(resized_crop_per_sample(u8, boxes, t.size, t.interpolation, flip).float(), False, mean, std)
+        return resized_crop_per_sample(u8, boxes, t.size, t.interpolation, flip, _unit_affine(u8.shape[1], mean, std))
     # resampling is linear, so it runs on 0..255 values and the /255 (and normalisation) is applied to the smaller
     # output: one full-size pass fewer
     out = resized_crop_batch(u8.float(), boxes, t.size, t.interpolation, flip)
     return _to_unit(out, clamp=t.interpolation == "bicubic", mean=mean, std=std)
+
+
+def _unit_affine(channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each [C, 1, 1], mapping 0..255 to (x/255 - mean)/std (mean 0, std 1 when not given)."""
+    m = torch.as_tensor(mean if mean is not None else [0.0] * channels, dtype=torch.float32).expand(channels)
+    sd = torch.as_tensor(std if std is not None else [1.0] * channels, dtype=torch.float32).expand(channels)
+    return (1.0 / (255.0 * sd)).view(-1, 1, 1), (-m / sd).view(-1, 1, 1)
 
 
 def _to_unit(x: Tensor, clamp: bool, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
@@ -412,12 +432,8 @@ def _to_unit(x: Tensor, clamp: bool, mean: Sequence[float] | None, std: Sequence
         x.clamp_(0.0, 255.0)  # cubic overshoot; PIL clamps to 0..255 too
     if mean is None and std is None:
         return x.div_(255.0)
-    C = x.shape[1]
-    m = torch.as_tensor(mean if mean is not None else [0.0] * C, dtype=x.dtype).expand(C)
-    sd = torch.as_tensor(std if std is not None else [1.0] * C, dtype=x.dtype).expand(C)
-    scale = (1.0 / (255.0 * sd)).view(1, -1, 1, 1).to(x.device)
-    shift = (-m / sd).view(1, -1, 1, 1).to(x.device)
-    return torch.addcmul(shift, x, scale, out=x)
+    scale, shift = _unit_affine(x.shape[1], mean, std)
+    return torch.addcmul(shift.to(x.device), x, scale.to(x.device), out=x)
 
 
 def test_batch(
