@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {cpus} CPUs, torch threads {torch.get_num_threads()}, load average {load} (other processes"
           f" share these CPUs), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"versions: torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}")
+    print(f"versions: torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
     tmp = Path(tempfile.mkdtemp(prefix="clmerge-throughput-"))
     try:

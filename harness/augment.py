@@ -10,8 +10,8 @@ Protocols (research notes: benchmarks.md §1, pm-spec.md §5; see `preset`):
 
 - ``pm`` (P&M / SPLIT ``transform_type='autoaug'``): AutoAugment (CIFAR10 policy for CIFAR, IMAGENET otherwise) →
   RandomResizedCrop(224; bicubic for CIFAR, bilinear otherwise; scale (0.08, 1), ratio (3/4, 4/3)) → normalise
-  mean=std=0.5 (normalisation is the model's, not done here); test CIFAR Resize(224) bicubic, others Resize(256) →
-  CenterCrop(224).
+  mean=std=0.5 (the caller's choice: pass mean/std to `train_batch`/`test_batch` to fuse it); test CIFAR Resize(224)
+  bicubic, others Resize(256) → CenterCrop(224).
 - ``pilot`` (LAMDA-PILOT / APER / dualprompt-pytorch): RandomResizedCrop(224, scale (0.05, 1), bilinear) + flip;
   test Resize(256, bicubic) + CenterCrop(224), CIFAR included (``cifar224``); [0, 1] pixels.
 - ``inflora``: CIFAR RRC(224) + flip / Resize(224); ImageNet-R (and DomainNet, CODA-style) RRC(224) + flip /
