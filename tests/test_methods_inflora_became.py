@@ -1,0 +1,396 @@
+"""InfLoRA and BECAME: the subspace math (harness/subspace.py) and BECAME's λ (harness/became_math.py) on small exact
+problems, the methods' constraints on the tiny "vit-micro-test" model (float64), mid-task resume, and a property of
+InfLoRA end to end (old tasks' k/v outputs move much less than under sequential LoRA)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from harness import subspace as S
+from harness.backbone import BackboneConfig, CLModel
+from harness.became_math import became_lambda, objective, quad
+from harness.config import ExecConfig, RunConfig, TrainConfig, resolve
+from harness.errors import ConfigError
+from harness.method import MethodContext
+from harness.registry import get_method
+from harness.run import execute
+from harness.store import run_dir
+from harness.stream import Task
+from harness.trainer import build, run_tasks
+from tests.conftest import FAST
+
+QUIET = ExecConfig(progress=False)
+D = 12
+
+
+def orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64)).Q
+
+
+def representation(d: int, n: int, seed: int, decay: float = 0.7) -> torch.Tensor:
+    """d × n with a geometrically decaying spectrum (a realistic input covariance/representation)."""
+    g = torch.Generator().manual_seed(seed)
+    u = orthonormal(d, d, seed + 1)
+    s = decay ** torch.arange(d, dtype=torch.float64)
+    return u @ torch.diag(s) @ torch.randn(d, n, generator=g, dtype=torch.float64)
+
+
+def captured(basis: torch.Tensor, kind: str, rep: torch.Tensor) -> float:
+    return float((S.old_projector(basis, kind) @ rep).square().sum() / rep.square().sum())
+
+
+# ---- subspace math ---------------------------------------------------------------------------------------------------
+def test_covariance_is_the_uncentred_token_mean_in_any_batching():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 4, generator=g, dtype=torch.float64) + 1.0  # 6 samples × 5 tokens, non-zero mean
+    acc = S.CovarianceAccumulator(4)
+    acc.add(x[:2])
+    acc.add(x[2:])
+    flat = x.reshape(-1, 4)
+    assert torch.allclose(acc.mean(), flat.T @ flat / 30, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.9, 0.99])
+def test_gpm_update_captures_eps_with_the_fewest_directions(eps):
+    r0 = representation(D, 40, seed=1)
+    b, kind = S.gpm_update(S.empty_basis(D), "remove", r0, eps)
+    assert kind == "remove" or b.shape[1] < D  # a switch leaves a proper complement
+    assert torch.allclose(b.T @ b, torch.eye(b.shape[1], dtype=torch.float64), atol=1e-10)
+    assert captured(b, kind, r0) >= eps - 1e-12
+    # minimal: the best (k−1)-dimensional subspace (top singular vectors) captures less than ε
+    k = D - b.shape[1] if kind == "retain" else b.shape[1]
+    u, s, _ = torch.linalg.svd(r0, full_matrices=False)
+    assert float(s[: k - 1].square().sum() / s.square().sum()) < eps
+    # a second task: the grown space captures ε of *its* energy, and one added direction fewer does not
+    r1 = representation(D, 40, seed=7, decay=0.8)
+    if kind == "remove" and captured(b, kind, r1) < eps:
+        b1, kind1 = S.gpm_update(b, kind, r1, eps)
+        assert captured(b1, kind1, r1) >= eps - 1e-12
+        old = S.old_projector(b1, kind1)
+        assert torch.allclose(old @ S.old_projector(b, kind), S.old_projector(b, kind), atol=1e-10)  # old kept
+        if kind1 == "remove":
+            assert captured(b1[:, :-1], "remove", r1) < eps
+
+
+@pytest.mark.parametrize("eps", [0.8, 0.95])
+def test_remove_and_retain_bases_give_the_same_old_space(eps):
+    old = orthonormal(D, 4, seed=3)
+    rep = representation(D, 30, seed=4)
+    b_remove, k_remove = S.gpm_update(old, "remove", rep, eps)
+    b_retain, k_retain = S.gpm_update(S.complement(old), "retain", rep, eps)
+    assert k_retain == "retain"
+    assert torch.allclose(S.old_projector(b_remove, k_remove), S.old_projector(b_retain, k_retain), atol=1e-9)
+    assert torch.allclose(S.free_projector(b_remove, k_remove), S.free_projector(b_retain, k_retain), atol=1e-9)
+
+
+def test_switch_to_retain_past_half_the_dimension_keeps_the_projector():
+    old = orthonormal(D, 5, seed=5)  # 5 ≤ D/2: stays 'remove'
+    rep = representation(D, 30, seed=6, decay=0.95)  # flat spectrum: adds several directions
+    resid = (torch.eye(D, dtype=torch.float64) - old @ old.T) @ rep
+    u = torch.linalg.svd(resid, full_matrices=False).U
+    b, kind = S.gpm_update(old, "remove", rep, 0.9)
+    assert kind == "retain" and b.shape[1] < D / 2
+    k_old = D - b.shape[1]
+    expected = torch.cat([old, u[:, : k_old - 5]], dim=1)  # what the 'remove' basis would have been
+    assert torch.allclose(S.old_projector(b, kind), expected @ expected.T, atol=1e-9)
+
+
+def test_threshold_schedule():
+    assert S.threshold(0, 10, 0.95, 1.0) == 0.95
+    assert math.isclose(S.threshold(5, 10, 0.97, 1.0), 0.985)
+
+
+@pytest.mark.parametrize("kind", ["remove", "retain"])
+def test_inflora_down_is_outside_the_old_space_and_spans_the_top_new_directions(kind):
+    old = orthonormal(D, 4, seed=8)
+    basis = old if kind == "remove" else S.complement(old)
+    c = representation(D, 50, seed=9)
+    cov = c @ c.T / 50
+    a = S.inflora_down(cov, basis, kind, rank=3)
+    assert a.shape == (3, D)
+    assert (a @ old).abs().max() < 1e-12  # rows ⟂ old inputs: B·A·x_old = 0
+    assert torch.allclose(a @ a.T, torch.eye(3, dtype=torch.float64) / 3, atol=1e-12)  # orthonormal / √3
+    p = torch.eye(D, dtype=torch.float64) - old @ old.T
+    u = torch.linalg.svd(p @ cov, full_matrices=False).U[:, :3]
+    assert torch.allclose(a.T @ a * 3, u @ u.T, atol=1e-9)  # the top-3 singular subspace of (I − MMᵀ)C
+
+
+def test_inflora_down_stays_outside_the_old_space_when_it_is_almost_full():
+    old = orthonormal(D, D - 1, seed=10)  # one free direction, rank 3
+    basis, kind = S.complement(old), "retain"
+    a = S.inflora_down(torch.eye(D, dtype=torch.float64), basis, kind, rank=3)
+    assert (a @ old).abs().max() < 1e-12
+
+
+# ---- BECAME's λ -----------------------------------------------------------------------------------------------------
+def _dicts(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"a": (3, 4), "b": (5,)}
+    delta = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    f_old = {n: torch.rand(s, generator=g, dtype=torch.float64) * 3 for n, s in shapes.items()}
+    f_new = {n: torch.rand(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    return delta, f_old, f_new
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_became_lambda_minimises_the_segment_objective_on_a_dense_grid(seed):
+    delta, f_old, f_new = _dicts(seed)
+    old, new = quad(f_old, delta), quad(f_new, delta)
+    flat = lambda d: torch.cat([v.flatten() for v in d.values()])  # noqa: E731
+    assert math.isclose(old, float((flat(f_old) * flat(delta) ** 2).sum()), rel_tol=1e-12)
+    lam = became_lambda(delta, f_old, f_new)
+    # brute force: q(λ) = Σ_p F_old[p](λΔ_p)² + F_new[p]((1−λ)Δ_p)², evaluated coordinate-wise on a grid
+    grid = torch.linspace(-0.5, 1.5, 20001, dtype=torch.float64)
+    q = ((flat(f_old) * flat(delta) ** 2)[None] * grid[:, None] ** 2
+         + (flat(f_new) * flat(delta) ** 2)[None] * (1 - grid[:, None]) ** 2).sum(1)
+    assert abs(lam - float(grid[q.argmin()])) <= 1e-4
+    assert objective(lam, old, new) <= float(q.min()) + 1e-12
+    assert 0.0 <= lam <= 1.0
+
+
+def test_became_lambda_edge_cases():
+    delta, f_old, f_new = _dicts(0)
+    assert became_lambda(delta, None, f_new) == 1.0  # first task
+    zero = {n: torch.zeros_like(v) for n, v in delta.items()}
+    assert became_lambda(zero, f_old, f_new) == 1.0  # Δ = 0
+    assert became_lambda(delta, {n: torch.zeros_like(v) for n, v in f_old.items()}, f_new) == 1.0
+
+
+# ---- methods on the micro model ----------------------------------------------------------------------------------
+N_CLS = 3
+
+
+def make_method(name: str, epochs: int = 2, num_tasks: int = 2, **params):
+    cls = get_method(name)
+    cfg = RunConfig(benchmark="split-digits-2x5", method=name, backbone=BackboneConfig(preset="vit-micro-test"),
+                    train=TrainConfig(batch_size=4, epochs=epochs), method_params=params)
+    stream = SimpleNamespace(tasks=[None] * num_tasks)
+    return cls(cls.Params(**params), MethodContext(config=cfg, stream=stream, device=torch.device("cpu")))
+
+
+def make_task(i: int) -> Task:
+    return Task(index=i, classes=tuple(range(i * N_CLS, (i + 1) * N_CLS)), offset=i * N_CLS,
+                train_indices=np.arange(12), test_indices=np.arange(0))
+
+
+class FakeData:
+    """Duck-typed TaskData / ImageBank: fixed float64 batches."""
+
+    def __init__(self, task: Task, seed: int, n: int = 12):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 1, 16, 16, generator=g, dtype=torch.float64)
+        self.y = task.offset + torch.randint(N_CLS, (n,), generator=g)
+        self.bank = self
+
+    def batches(self, batch_size: int, generator=None):
+        for i in range(0, len(self.y), batch_size):
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+    def iterate(self, indices, batch_size: int, generator=None):
+        return self.batches(batch_size)
+
+
+@pytest.fixture
+def float64():
+    """Heads and adapters made during a test are float64 like the model (exact checks)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def micro_model() -> CLModel:
+    return CLModel(BackboneConfig(preset="vit-micro-test")).double()
+
+
+def test_params_validate():
+    for name, bad in [("inflora", {"lamb": 0.0}), ("inflora", {"lamb": 0.9, "lame": 0.8}),
+                      ("became", {"gp_fraction": 1.5}), ("became", {"lame": 1.2})]:
+        with pytest.raises(ConfigError):
+            get_method(name).Params(**bad).validate("method_params")
+
+
+def test_inflora_trains_only_b_with_designed_a_outside_old_inputs(float64):
+    model, method = micro_model(), make_method("inflora")
+    t0, t1 = make_task(0), make_task(1)
+    data0 = FakeData(t0, seed=0)
+    method._bank = data0
+    method.begin_task(model, t0)
+    opt = torch.optim.SGD(method.parameter_groups(model, t0), lr=0.1)
+    loss = method.training_loss(model, data0.x[:4], data0.y[:4], t0)
+    loss.backward()
+    opt.step()
+    method.end_task(model, t0, data0)
+    assert method.record["epsilon"] == 0.95
+    data1 = FakeData(t1, seed=1)
+    method._bank = data1
+    method.begin_task(model, t1)
+    name = method.adapter_name(t1)
+    groups = S.lora_groups(model)
+    for g, layers in groups.items():
+        p_old = S.old_projector(method.gpm.bases[g], method.gpm.kinds[g])
+        a_k, a_v = (model.lora_layers()[n].lora_A[name].weight for n in layers)
+        assert torch.equal(a_k, a_v)
+        assert (a_k @ p_old).norm() < 1e-10 * a_k.norm()
+        assert not a_k.requires_grad
+    trained = {id(p) for grp in method.parameter_groups(model, t1) for p in grp["params"]}
+    lora = model.lora_layers().values()
+    assert all(id(m.lora_B[name].weight) in trained and id(m.lora_A[name].weight) not in trained for m in lora)
+
+
+def exact_delta(model: CLModel, name: str) -> dict[str, torch.Tensor]:
+    """B·A·scaling in the model's dtype (CLModel.delta returns float32)."""
+    return {n: (m.lora_B[name].weight @ m.lora_A[name].weight).detach() * m.scaling[name]
+            for n, m in model.lora_layers().items()}
+
+
+def _old_basis(model: CLModel, k: int, seed: int) -> dict[str, torch.Tensor]:
+    d = model.embed_dim
+    return {g: orthonormal(d, k, seed + i) for i, g in enumerate(S.lora_groups(model))}
+
+
+@pytest.mark.parametrize("kind", ["remove", "retain"])
+def test_became_stage_one_leaves_old_inputs_outputs_unchanged(kind, float64):
+    """After AdamW steps in the gradient-projection stage, ΔW x_old = 0 for inputs in the old space (exact)."""
+    model, method = micro_model(), make_method("became", epochs=2)
+    old = _old_basis(model, k=10, seed=20)
+    method.gpm.bases = {g: (o if kind == "remove" else S.complement(o)) for g, o in old.items()}
+    method.gpm.kinds = {g: kind for g in old}
+    task = make_task(1)
+    model.heads.add(N_CLS, seed=0)  # task 0's head
+    method.begin_task(model, task)
+    data = FakeData(task, seed=2)
+    opt = torch.optim.AdamW(method.parameter_groups(model, task), lr=0.05)
+    name = method.adapter_name(task)
+    for x, y in data.batches(4):
+        loss = method.training_loss(model, x, y, task)
+        opt.zero_grad()
+        loss.backward()
+        method.after_backward(model, task)
+        opt.step()
+    method.end_epoch(model, task, 0)  # stage switch: projection and snapshot
+    assert method.snapshot is not None and not method.in_gp_stage()
+    groups = S.lora_groups(model)
+    for g, layers in groups.items():
+        for n in layers:
+            dw = exact_delta(model, name)[n]
+            assert dw.norm() > 1e-3  # it did train
+            assert (dw @ old[g]).norm() < 1e-10 * dw.norm()
+            a, b = method.snapshot["lora"][n]
+            assert ((b @ a) @ old[g]).norm() < 1e-10 * dw.norm()
+
+
+def test_became_merges_on_the_segment_with_the_fisher_lambda(float64):
+    model, method = micro_model(), make_method("became", epochs=2)
+    t0 = make_task(0)
+    data = FakeData(t0, seed=3)
+    method.fisher = {n: torch.rand(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+                     for n, w in model.merged_weights().items()}
+    method.begin_task(model, t0)
+    name = method.adapter_name(t0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.lora_layers().values():
+            m.lora_B[name].weight.copy_(0.3 * torch.randn(m.lora_B[name].weight.shape, generator=g, dtype=torch.float64))
+    method.end_epoch(model, t0, 0)  # θ^GP
+    d_gp = exact_delta(model, name)
+    head_gp = {k: v.clone() for k, v in model.heads.heads[-1].state_dict().items()}
+    with torch.no_grad():
+        for m in model.lora_layers().values():
+            m.lora_B[name].weight.add_(0.2 * torch.randn(m.lora_B[name].weight.shape, generator=g, dtype=torch.float64))
+        model.heads.heads[-1].weight.add_(1.0)
+    d_hat, w0 = exact_delta(model, name), {n: w.clone() for n, w in model.merged_weights().items()}
+    head_hat = {k: v.clone() for k, v in model.heads.heads[-1].state_dict().items()}
+    f_old = dict(method.fisher)
+    f_new = method.task_fisher(model, t0, data)
+    delta = {n: d_hat[n] - d_gp[n] for n in d_hat}
+    lam = became_lambda(delta, f_old, f_new)
+    assert 0.0 < lam < 1.0
+    method.end_task(model, t0, data)
+    assert method.record["lambda"] == pytest.approx(lam, rel=1e-12)
+    for n, w in model.merged_weights().items():
+        assert torch.allclose(w, w0[n] + d_gp[n] + lam * delta[n], atol=1e-12)
+    for k, v in model.heads.heads[-1].state_dict().items():
+        assert torch.allclose(v, head_gp[k] + lam * (head_hat[k] - head_gp[k]), atol=1e-12)
+    assert all(torch.allclose(method.fisher[n].double(), f_old[n] + f_new[n], atol=1e-6) for n in f_new)
+    assert model.adapters() == [] and method.snapshot is None
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------------------
+def _kv_inputs(s, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    ins: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: ins.__setitem__(n, a[0].detach().reshape(-1, a[0].shape[-1])))
+             for n, m in s.model.lora_layers().items()]
+    try:
+        with torch.no_grad():
+            s.model.features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ins
+
+
+def _old_kv_drift(method: str, seed: int) -> tuple[float, float]:
+    """Task 1's change of the k/v projections' outputs on task-0 inputs (taken at θ*_0), relative to the outputs:
+    ‖(W_1 − W_0)X_0‖ / ‖W_0 X_0‖ over all adapted layers; and the same per unit ‖W_1 − W_0‖."""
+    cfg = resolve("split-digits-2x5", method, seed=seed, overrides=FAST)
+    s = build(cfg, QUIET)
+    state = run_tasks(s, QUIET, stop_after=1)
+    x, _ = next(s.train_bank.iterate(s.stream.tasks[0].train_indices, 512))
+    xs, w0 = _kv_inputs(s, x), {n: w.clone() for n, w in s.model.merged_weights().items()}
+    run_tasks(s, QUIET, state=state)
+    dw = {n: w - w0[n] for n, w in s.model.merged_weights().items()}
+    change = sum(float((dw[n] @ xs[n].T).square().sum()) for n in xs) ** 0.5
+    out = sum(float((w0[n] @ xs[n].T).square().sum()) for n in xs) ** 0.5
+    size = sum(float(d.square().sum()) for d in dw.values()) ** 0.5
+    return change / out, change / out / size
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inflora_old_task_kv_outputs_move_less_than_seq_lora(seed):
+    (inf, inf_unit), (seq, seq_unit) = _old_kv_drift("inflora", seed), _old_kv_drift("seq-lora", seed)
+    assert seq > 0 and inf < seq and inf_unit < 0.75 * seq_unit, (inf, seq, inf_unit, seq_unit)
+
+
+def test_became_records_lambda_per_task():
+    cfg = resolve("split-digits-2x5", "became", seed=0, overrides={**FAST, "train.epochs": 2})
+    state = run_tasks(build(cfg, QUIET), QUIET)
+    lams = [r["lambda"] for r in state.method_records]
+    assert lams[0] == 1.0 and 0.0 <= lams[1] <= 1.0
+
+
+@pytest.mark.parametrize("method", ["inflora", "became"])
+def test_crash_mid_task_resumes_exactly(results, monkeypatch, method):
+    """Killed in the 3rd epoch of task 1 (BECAME: after its stage switch, so the θ^GP snapshot is restored)."""
+    cfg = resolve("split-digits-2x5", method, seed=4, overrides={**FAST, "train.epochs": 3})
+    reference = run_tasks(build(cfg, QUIET), QUIET)
+    cls = get_method(method)
+    original = cls.training_loss
+    steps: dict[int, int] = {}
+
+    def crash(self, model, x, y, task):
+        steps[task.index] = steps.get(task.index, 0) + 1
+        per_epoch = -(-len(self.train_indices(task)) // cfg.train.batch_size)
+        if task.index == 1 and steps[1] == 2 * per_epoch + 2:
+            raise KeyboardInterrupt("simulated kill mid-epoch")
+        return original(self, model, x, y, task)
+
+    monkeypatch.setattr(cls, "training_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, QUIET)
+    ep = torch.load(run_dir(cfg) / "checkpoint.epoch.pt", weights_only=False)
+    assert (ep["task"], ep["epochs_done"]) == (1, 2)
+    if method == "became":
+        assert ep["method"]["snapshot"] is not None
+    monkeypatch.setattr(cls, "training_loss", original)
+    assert execute(cfg, QUIET).status == "done"
+    result = json.loads((run_dir(cfg) / "result.json").read_text())
+    assert result["acc_matrix"] == reference.acc
+    assert result["method_records"] == json.loads(json.dumps(reference.method_records))
