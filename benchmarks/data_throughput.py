@@ -10,7 +10,7 @@ Both paths read the same JPEG images and deliver float batches (normalised with 
 
 Each path is timed from the end of a short warm-up (worker start-up, first batches) until at least one full epoch of
 images has been delivered after it. Protocols: `pilot` (RRC(224, scale 0.05–1) + flip) and `pm` (ImageNet AutoAugment →
-RRC(224, scale 0.08–1)), as in harness.augment.preset.
+RRC(224, scale 0.08–1)), as datasets/protocols/<protocol>.yaml define them for imagenet-r-10.
 
     python benchmarks/data_throughput.py            # 2000 generated images, batch 256
     python benchmarks/data_throughput.py --quick    # a smaller, faster run
@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from harness.augment import TrainTransform, preset, train_batch  # noqa: E402
+from harness.augment import TrainTransform, train_batch  # noqa: E402
+from harness.protocol import load_protocol  # noqa: E402
 
 STORED = 256
 MEAN = STD = 0.5
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         rows = []
         for protocol in args.protocols:
-            train, _ = preset(protocol, "imagenet-r")
+            train = load_protocol(protocol).style("imagenet", "imagenet-r-10").train
             loader = common_loader(root, train, args.batch, args.workers, device, args.seed)
             common = measure(common_batches(loader, device), n, args.warmup, device)
             del loader  # stop its workers before timing the other path

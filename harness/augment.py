@@ -151,37 +151,6 @@ def output_size(train: TrainTransform, test: TestTransform, stored: int, where: 
     return train.size
 
 
-def preset(protocol: Literal["pm", "pilot", "inflora"], dataset: str) -> tuple[TrainTransform, TestTransform]:
-    """The (train, test) transforms a protocol uses for `dataset` (e.g. 'cifar100', 'imagenet-r', 'cub').
-
-    Normalisation is not part of these (P&M feeds mean=std=0.5-normalised pixels, PILOT and InfLoRA feed [0, 1]).
-    Where a source leaves the interpolation unstated, torchvision's default (bilinear) is used.
-    """
-    cifar = dataset.lower().startswith("cifar")
-    test_inet = TestTransform(resize=256, center_crop=224, interpolation="bilinear")
-    if protocol == "pm":  # pm-spec.md §5, SPLIT utils/dataset_builder.py
-        if cifar:
-            return (
-                TrainTransform(autoaugment="cifar10", autoaugment_interpolation="bilinear", interpolation="bicubic"),
-                TestTransform(resize=224, interpolation="bicubic"),
-            )
-        return TrainTransform(autoaugment="imagenet"), test_inet
-    pilot = (
-        TrainTransform(scale=[0.05, 1.0], flip=True),
-        TestTransform(resize=256, center_crop=224, interpolation="bicubic"),
-    )
-    if protocol == "pilot":  # benchmarks.md §1.1 (build_transform from dualprompt-pytorch)
-        return pilot
-    if protocol == "inflora":  # benchmarks.md §1.4
-        name = dataset.lower()
-        if name.startswith(("cub", "imagenet-a", "imageneta", "imagenet_a")):
-            return pilot
-        if cifar:
-            return TrainTransform(flip=True), TestTransform(resize=224, interpolation="bilinear")
-        return TrainTransform(flip=True), test_inet
-    raise ConfigError(f"unknown augmentation protocol {protocol!r}; valid: inflora, pilot, pm")
-
-
 # ------------------------------------------------------------------------------------------------ AutoAugment
 
 

@@ -69,7 +69,7 @@ class ImageBank:
         """The deterministic (evaluation) view: the test transform, or a plain resize to the model's input size."""
         u8 = u8.to(self.device, non_blocking=True)
         if self.test_transform is not None:
-            return self._normalise(test_batch(u8, self.test_transform))
+            return test_batch(u8, self.test_transform, self.image.mean, self.image.std)
         x = u8.float().div_(255.0)
         if x.shape[-1] != self.image.size or x.shape[-2] != self.image.size:
             x = F.interpolate(x, size=(self.image.size, self.image.size), mode="bilinear", antialias=True, align_corners=False)
@@ -78,7 +78,7 @@ class ImageBank:
     def batch(self, idx: torch.Tensor, augment: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         idx_dev = idx.to(self.device)
         if augment is not None and self.train_transform is not None:
-            x = self._normalise(train_batch(self._gather(idx), self.train_transform, augment))
+            x = train_batch(self._gather(idx), self.train_transform, augment, self.image.mean, self.image.std)
         elif self._pre is not None:
             x = self._pre[idx_dev]
         else:

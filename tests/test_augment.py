@@ -2,6 +2,7 @@
 with torchvision's per-sample AutoAugment, and the deterministic test transform."""
 
 from __future__ import annotations
+import copy
 
 from unittest import mock
 
@@ -36,10 +37,19 @@ def _ramp(side: int = 256) -> torch.Tensor:
     return torch.stack([xx, yy, torch.zeros_like(xx)]).to(torch.uint8)[None]
 
 
+def _preset(protocol: str, benchmark: str) -> tuple[A.TrainTransform, A.TestTransform]:
+    """A protocol's transforms for a benchmark, from datasets/protocols/<protocol>.yaml."""
+    from harness.protocol import load_protocol
+    from harness.spec import load_spec
+
+    st = load_protocol(protocol).style(load_spec(benchmark).style, benchmark)
+    return copy.deepcopy(st.train), copy.deepcopy(st.test)
+
+
 def test_same_seed_same_output_and_global_rng_untouched():
     x = _images(12, 64)
-    for protocol, dataset in [("pm", "imagenet-r"), ("pm", "cifar100"), ("pilot", "imagenet-r")]:
-        train, _ = A.preset(protocol, dataset)
+    for protocol, dataset in [("pm", "imagenet-r-10"), ("pm", "cifar100-10"), ("pilot", "imagenet-r-10")]:
+        train, _ = _preset(protocol, dataset)
         train.size = 48
         state = torch.get_rng_state()
         a = A.train_batch(x, train, _gen(7))
@@ -213,8 +223,8 @@ def test_config_loading_and_validation():
     with pytest.raises(ConfigError, match=r"center_crop"):
         from_dict(A.TestTransform, {"resize": 200, "center_crop": 224}, "aug.test")
     for protocol in ("pm", "pilot", "inflora"):
-        for dataset, stored in [("cifar100", 32), ("imagenet-r", 256), ("cub", 256)]:
-            train, test = A.preset(protocol, dataset)
+        for dataset, stored in [("cifar100-10", 32), ("imagenet-r-10", 256), ("cub200-10", 256)]:
+            train, test = _preset(protocol, dataset)
             assert A.output_size(train, test, stored) == 224
     with pytest.raises(ConfigError, match="train images are 224"):
         A.output_size(A.TrainTransform(), A.TestTransform(), stored=256)
