@@ -2,8 +2,8 @@
 with torchvision's per-sample AutoAugment, and the deterministic test transform."""
 
 from __future__ import annotations
-import copy
 
+import copy
 from unittest import mock
 
 import pytest
