@@ -44,6 +44,7 @@ class MethodContext:
     config: "RunConfig"
     stream: "TaskStream"
     device: torch.device
+    train_bank: "ImageBank | None" = None  # the run's training images, set by the trainer once built
 
 
 @dataclass
@@ -81,6 +82,12 @@ class Method:
     def task_seed(self, *parts: object) -> int:
         """A seed for this run's randomness named by `parts` (e.g. 'lora', t)."""
         return derive_seed(self.seed, *parts)
+
+    def task_data(self, task: "Task") -> TaskData:
+        """The task's training samples (evaluation view, no augmentation), e.g. for a pass before training."""
+        if self.ctx.train_bank is None:
+            raise RuntimeError(f"{self.name}: the trainer has not attached the training data to the method context")
+        return TaskData(self.ctx.train_bank, self.train_indices(task))
 
     @staticmethod
     def adapter_name(task: "Task") -> str:

@@ -114,6 +114,7 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     train_bank = ImageBank(data.train_images, stream.remap(data.train_labels), spec.image, device,
                            spec.test_transform, spec.train_transform)
     test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device, spec.test_transform)
+    method.ctx.train_bank = train_bank  # for hooks that pass over the task's data before training (InfLoRA)
     return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank)
 
 

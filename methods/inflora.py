@@ -20,8 +20,7 @@ Harness adaptations and deviations (documented, not reconstructions: the code is
   config to match. The reference trains in eval mode; the ViT presets here have no dropout/drop-path (all p = 0),
   so the loop's train mode computes the same function.
 * Data for step 1: `begin_task` receives no data in the harness API, so the method iterates the task's training
-  indices over the run's training bank (the bank passed to `end_task`, or for the first task of a process an
-  identical bank built from the run config exactly as harness/trainer.build does).
+  indices over the run's training bank (`Method.task_data`, the evaluation view of the training images).
 * DualGPM: the first task uses the same minimal-r energy rule as later tasks (the code keeps one direction fewer
   there) and stores a first basis wider than d/2 as its complement (the code tags U[:, :r] itself 'retain').
 * Energy criterion (`energy`): the default "input" counts the share of old inputs' energy E‖x‖² captured by the
@@ -61,19 +60,6 @@ class Params:
             raise ConfigError(f"{where}.energy: must be 'cov' or 'input', got {self.energy!r}")
 
 
-def train_bank(method: Method):
-    """The run's training ImageBank (evaluation view: the spec's test transform), built from the run config as
-    harness/trainer.build builds it."""
-    from harness.data import ImageBank
-    from harness.sources import load_source
-    from harness.trainer import run_spec
-
-    spec = run_spec(method.ctx.config)
-    data = load_source(spec)
-    labels = method.ctx.stream.remap(data.train_labels)
-    return ImageBank(data.train_images, labels, spec.image, method.ctx.device, spec.test_transform)
-
-
 @register
 class InfLoRA(Method):
     name = "inflora"
@@ -86,13 +72,10 @@ class InfLoRA(Method):
     def __init__(self, params: Params, ctx):
         super().__init__(params, ctx)
         self.gpm = DualGPM()
-        self._bank = None  # transient: the training bank, for the pass before training
         self._a_overlap = 0.0
 
     def _task_batches(self, task) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._bank is None:
-            self._bank = train_bank(self)
-        return self._bank.iterate(self.train_indices(task), self.train_cfg.eval_batch_size)
+        return self.task_data(task).batches(self.train_cfg.eval_batch_size)
 
     def design_down(self, model, covs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A per adapted layer (shared by the k and v of a block) from each block's input covariance."""
@@ -122,7 +105,6 @@ class InfLoRA(Method):
         return groups
 
     def end_task(self, model, task, data) -> None:
-        self._bank = data.bank
         model.fold_adapter(self.adapter_name(task), 1.0)  # exact: InfLoRA sums its branches
         covs = input_covariances(model, data.batches(self.train_cfg.eval_batch_size))
         eps = threshold(task.index, len(self.ctx.stream.tasks), self.params.lamb, self.params.lame)

@@ -221,7 +221,7 @@ def test_inflora_trains_only_b_with_designed_a_outside_old_inputs(float64):
     model, method = micro_model(), make_method("inflora")
     t0, t1 = make_task(0), make_task(1)
     data0 = FakeData(t0, seed=0)
-    method._bank = data0
+    method.ctx.train_bank = data0
     method.begin_task(model, t0)
     opt = torch.optim.SGD(method.parameter_groups(model, t0), lr=0.1)
     loss = method.training_loss(model, data0.x[:4], data0.y[:4], t0)
@@ -230,7 +230,7 @@ def test_inflora_trains_only_b_with_designed_a_outside_old_inputs(float64):
     method.end_task(model, t0, data0)
     assert method.record["epsilon"] == 0.95
     data1 = FakeData(t1, seed=1)
-    method._bank = data1
+    method.ctx.train_bank = data1
     method.begin_task(model, t1)
     name = method.adapter_name(t1)
     groups = S.lora_groups(model)
