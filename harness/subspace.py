@@ -95,6 +95,18 @@ def input_covariances(model: "CLModel", batches: Iterable[tuple[torch.Tensor, to
 
 
 # ---- GPM / DualGPM ---------------------------------------------------------------------------------------------------
+def validate_thresholds(lamb: float, lame: float, energy: str, where: str) -> None:
+    """Check the DualGPM hyper-parameters shared by InfLoRA and BECAME (`threshold`, `gpm_representation`)."""
+    from harness.errors import ConfigError
+
+    if not 0.0 < lamb <= 1.0:
+        raise ConfigError(f"{where}.lamb: must be in (0, 1], got {lamb}")
+    if not lamb <= lame <= 1.0:
+        raise ConfigError(f"{where}.lame: must be in [lamb, 1] = [{lamb}, 1], got {lame}")
+    if energy not in ("cov", "input"):
+        raise ConfigError(f"{where}.energy: must be 'cov' or 'input', got {energy!r}")
+
+
 def threshold(t: int, num_tasks: int, lamb: float, lame: float) -> float:
     """InfLoRA's energy threshold after task t (0-based) of T: ε_t = lamb + (lame − lamb)·t/T (code: update_DualGPM).
     With lamb = 0.97, lame = 1, T = 10 this is GPM's CIFAR schedule 0.97 + 0.003·t."""

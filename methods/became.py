@@ -36,7 +36,7 @@ from harness.became_math import became_lambda, quad
 from harness.errors import ConfigError
 from harness.method import Method
 from harness.registry import register
-from harness.subspace import DualGPM, input_covariances, lora_groups, threshold
+from harness.subspace import DualGPM, input_covariances, lora_groups, threshold, validate_thresholds
 
 
 @dataclass
@@ -49,12 +49,7 @@ class Params:
     def validate(self, where: str) -> None:
         if not 0.0 <= self.gp_fraction <= 1.0:
             raise ConfigError(f"{where}.gp_fraction: must be in [0, 1], got {self.gp_fraction}")
-        if not 0.0 < self.lamb <= 1.0:
-            raise ConfigError(f"{where}.lamb: must be in (0, 1], got {self.lamb}")
-        if not self.lamb <= self.lame <= 1.0:
-            raise ConfigError(f"{where}.lame: must be in [lamb, 1] = [{self.lamb}, 1], got {self.lame}")
-        if self.energy not in ("cov", "input"):
-            raise ConfigError(f"{where}.energy: must be 'cov' or 'input', got {self.energy!r}")
+        validate_thresholds(self.lamb, self.lame, self.energy, where)
 
 
 @register

@@ -39,10 +39,17 @@ from typing import Iterator, Literal
 
 import torch
 
-from harness.errors import ConfigError
 from harness.method import Method
 from harness.registry import register
-from harness.subspace import DualGPM, input_covariances, inflora_down, lora_groups, old_projector, threshold
+from harness.subspace import (
+    DualGPM,
+    input_covariances,
+    inflora_down,
+    lora_groups,
+    old_projector,
+    threshold,
+    validate_thresholds,
+)
 
 
 @dataclass
@@ -52,12 +59,7 @@ class Params:
     energy: Literal["cov", "input"] = "input"  # GPM energies: share of E‖x‖² (GPM, default) or σ(C)² (InfLoRA code)
 
     def validate(self, where: str) -> None:
-        if not 0.0 < self.lamb <= 1.0:
-            raise ConfigError(f"{where}.lamb: must be in (0, 1], got {self.lamb}")
-        if not self.lamb <= self.lame <= 1.0:
-            raise ConfigError(f"{where}.lame: must be in [lamb, 1] = [{self.lamb}, 1], got {self.lame}")
-        if self.energy not in ("cov", "input"):
-            raise ConfigError(f"{where}.energy: must be 'cov' or 'input', got {self.energy!r}")
+        validate_thresholds(self.lamb, self.lame, self.energy, where)
 
 
 @register
