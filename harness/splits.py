@@ -28,6 +28,7 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.image_sources import Sample, _class_tree, _read_list
+from harness.sources import stratified_split
 
 
 def split_sha256(train_keys: list[str], test_keys: list[str]) -> str:
@@ -41,21 +42,14 @@ def split_sha256(train_keys: list[str], test_keys: list[str]) -> str:
 
 
 def stratified_keys(samples: list[Sample], test_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Seeded stratified split: per class (sorted names), the keys sorted, permuted by NumPy-legacy
-    `RandomState(seed)` (one generator over classes in order) and the first round(test_fraction · n) go to test.
-    A pure function of the key list: the same files give the same split on any machine."""
-    rng = np.random.RandomState(seed)
-    by_class: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s.class_name, []).append(s)
-    train, test = [], []
-    for cls in sorted(by_class):
-        items = sorted(by_class[cls], key=lambda s: s.key)
-        perm = rng.permutation(len(items))
-        n_test = int(round(test_fraction * len(items)))
-        test += [items[i] for i in perm[:n_test]]
-        train += [items[i] for i in perm[n_test:]]
-    return sorted(train, key=lambda s: s.key), sorted(test, key=lambda s: s.key)
+    """Seeded stratified split of samples (`harness.sources.stratified_split` over their class ids): samples sorted
+    by key, per class (sorted names) a NumPy-legacy `RandomState(seed)` permutation, round(test_fraction · n) to test.
+    A pure function of the key list: the same files give the same split on any machine. Both lists sorted by key."""
+    items = sorted(samples, key=lambda s: s.key)
+    names = sorted({s.class_name for s in items})
+    index = {n: i for i, n in enumerate(names)}
+    train, test = stratified_split(np.array([index[s.class_name] for s in items], dtype=np.int64), test_fraction, seed)
+    return [items[i] for i in train], [items[i] for i in test]
 
 
 def _role(path: Path) -> str:
