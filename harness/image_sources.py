@@ -72,7 +72,7 @@ def _class_tree(root: Path, prefix: str = "") -> list[Sample]:
 def _read_list(path: Path) -> list[str]:
     """Non-empty lines' first field (a relative image path) of a `path [label]` list file."""
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for line in path.read_text().splitlines():
         parts = line.split()
         if parts:
             out.append(parts[0])

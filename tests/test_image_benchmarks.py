@@ -16,7 +16,7 @@ from harness.errors import ConfigError
 from harness.prepare import decode_image, prepare
 from harness.spec import load_spec
 from harness.splits import split_sha256
-from harness.stream import build_stream, class_order
+from harness.stream import class_order
 from tests import imagegen as gen
 
 QUIET = ExecConfig(progress=False, device="cpu")
