@@ -4,11 +4,11 @@ InfLoRA end to end (old tasks' k/v outputs move much less than under sequential 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,9 +21,10 @@ from harness.method import MethodContext
 from harness.registry import get_method
 from harness.run import execute
 from harness.store import run_dir
-from harness.stream import Task
 from harness.trainer import build, run_tasks
+from tests import fakes
 from tests.conftest import FAST
+from tests.fakes import N_CLS
 
 QUIET = ExecConfig(progress=False)
 D = 12
@@ -164,7 +165,6 @@ def test_became_lambda_edge_cases():
 
 
 # ---- methods on the micro model ----------------------------------------------------------------------------------
-N_CLS = 3
 
 
 def make_method(name: str, epochs: int = 2, num_tasks: int = 2, **params):
@@ -175,26 +175,9 @@ def make_method(name: str, epochs: int = 2, num_tasks: int = 2, **params):
     return cls(cls.Params(**params), MethodContext(config=cfg, stream=stream, device=torch.device("cpu")))
 
 
-def make_task(i: int) -> Task:
-    return Task(index=i, classes=tuple(range(i * N_CLS, (i + 1) * N_CLS)), offset=i * N_CLS,
-                train_indices=np.arange(12), test_indices=np.arange(0))
-
-
-class FakeData:
-    """Duck-typed TaskData / ImageBank: fixed float64 batches."""
-
-    def __init__(self, task: Task, seed: int, n: int = 12):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 16, 16, generator=g, dtype=torch.float64)
-        self.y = task.offset + torch.randint(N_CLS, (n,), generator=g)
-        self.bank = self
-
-    def batches(self, batch_size: int, generator=None):
-        for i in range(0, len(self.y), batch_size):
-            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
-
-    def iterate(self, indices, batch_size: int, generator=None):
-        return self.batches(batch_size)
+# 12 samples per task here (the P&M tests use 10)
+make_task = functools.partial(fakes.make_task, n=12)
+FakeData = functools.partial(fakes.FakeData, n=12)
 
 
 @pytest.fixture
@@ -373,16 +356,7 @@ def test_crash_mid_task_resumes_exactly(results, monkeypatch, method):
     reference = run_tasks(build(cfg, QUIET), QUIET)
     cls = get_method(method)
     original = cls.training_loss
-    steps: dict[int, int] = {}
-
-    def crash(self, model, x, y, task):
-        steps[task.index] = steps.get(task.index, 0) + 1
-        per_epoch = -(-len(self.train_indices(task)) // cfg.train.batch_size)
-        if task.index == 1 and steps[1] == 2 * per_epoch + 2:
-            raise KeyboardInterrupt("simulated kill mid-epoch")
-        return original(self, model, x, y, task)
-
-    monkeypatch.setattr(cls, "training_loss", crash)
+    fakes.crash_in_task_1(monkeypatch, cls, cfg, epochs_done=2)
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, QUIET)
     ep = torch.load(run_dir(cfg) / "checkpoint.epoch.pt", weights_only=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,8 @@ from harness.registry import get_method
 from harness.seeding import generator
 from harness.stream import Task
 from methods.pm import SIGNS
+from tests.fakes import N_CLS, FakeData, make_task
 
-N_CLS = 3
 MINE = ["pm", "lora-m", "pm-gauss", "avg", "task-arith", "dare", "ties", "magmax", "coma", "cofima", "ewc"]
 
 
@@ -39,24 +38,6 @@ def make_method(name: str, **params) -> Method:
         method_params=params,
     )
     return cls(cls.Params(**params), MethodContext(config=cfg, stream=None, device=torch.device("cpu")))
-
-
-def make_task(i: int) -> Task:
-    return Task(index=i, classes=tuple(range(i * N_CLS, (i + 1) * N_CLS)), offset=i * N_CLS,
-                train_indices=np.arange(10), test_indices=np.arange(0))
-
-
-class FakeData:
-    """Duck-typed TaskData: fixed batches in a fixed order."""
-
-    def __init__(self, task: Task, seed: int, n: int = 10):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 16, 16, generator=g, dtype=torch.float64)
-        self.y = task.offset + torch.randint(N_CLS, (n,), generator=g)
-
-    def batches(self, batch_size: int, generator=None):
-        for i in range(0, len(self.y), batch_size):
-            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ and the trainer's first-steps gradient-norm record."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest

@@ -21,6 +21,7 @@ from harness.run import execute
 from harness.store import is_complete, run_dir
 from harness.trainer import build, run_tasks
 from tests.conftest import FAST
+from tests.fakes import crash_in_task_1
 
 QUIET = ExecConfig(progress=False)
 THREE_EPOCHS = {**FAST, "train.epochs": 3}
@@ -51,16 +52,7 @@ def test_crash_mid_epoch_resumes_exactly(results, monkeypatch, method):
     reference = _reference(cfg)
     cls = get_method(method)
     original = cls.training_loss
-    steps: dict[int, int] = {}
-
-    def crash_mid_epoch(self, model, x, y, task):
-        steps[task.index] = steps.get(task.index, 0) + 1
-        per_epoch = -(-len(self.train_indices(task)) // cfg.train.batch_size)
-        if task.index == 1 and steps[1] == per_epoch + 2:
-            raise KeyboardInterrupt("simulated kill mid-epoch")
-        return original(self, model, x, y, task)
-
-    monkeypatch.setattr(cls, "training_loss", crash_mid_epoch)
+    crash_in_task_1(monkeypatch, cls, cfg, epochs_done=1)
     with pytest.raises(KeyboardInterrupt):
         execute(cfg, QUIET)
     d = run_dir(cfg)

@@ -1,0 +1,50 @@
+"""Hand-made tasks and data for exact method tests on the micro model (3 classes per task, fixed float64 batches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.stream import Task
+
+N_CLS = 3
+
+
+def make_task(i: int, n: int = 10) -> Task:
+    """Task i with classes 3i..3i+2 and `n` training indices (no test samples)."""
+    return Task(index=i, classes=tuple(range(i * N_CLS, (i + 1) * N_CLS)), offset=i * N_CLS,
+                train_indices=np.arange(n), test_indices=np.arange(0))
+
+
+class FakeData:
+    """Duck-typed TaskData and ImageBank: `n` seeded float64 images of the task's classes, in a fixed order."""
+
+    def __init__(self, task: Task, seed: int, n: int = 10):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 1, 16, 16, generator=g, dtype=torch.float64)
+        self.y = task.offset + torch.randint(N_CLS, (n,), generator=g)
+        self.bank = self
+
+    def batches(self, batch_size: int, generator=None):
+        for i in range(0, len(self.y), batch_size):
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+    def iterate(self, indices, batch_size: int, generator=None):
+        return self.batches(batch_size)
+
+
+def crash_in_task_1(monkeypatch, method_cls, cfg, epochs_done: int) -> None:
+    """Make `method_cls.training_loss` raise KeyboardInterrupt (a simulated kill) at the 2nd step of epoch
+    `epochs_done` of task 1, so the run's last epoch checkpoint is (task 1, `epochs_done`). Undo with
+    `monkeypatch.undo()` or by setting the attribute back."""
+    original = method_cls.training_loss
+    steps: dict[int, int] = {}
+
+    def crash(self, model, x, y, task):
+        steps[task.index] = steps.get(task.index, 0) + 1
+        per_epoch = -(-len(self.train_indices(task)) // cfg.train.batch_size)
+        if task.index == 1 and steps[1] == epochs_done * per_epoch + 2:
+            raise KeyboardInterrupt("simulated kill mid-epoch")
+        return original(self, model, x, y, task)
+
+    monkeypatch.setattr(method_cls, "training_loss", crash)
