@@ -14,8 +14,6 @@ from typing import Any, Literal
 
 import yaml
 
-from pathlib import Path
-
 from harness.backbone import BackboneConfig
 from harness.errors import ConfigError
 from harness.schema import field_names, from_dict, to_dict
@@ -138,7 +136,6 @@ def resolve(
         protocol = load_protocol(str(protocol_name))
         spec = apply_protocol(spec, protocol)
         train_dict.update(protocol.train_settings(spec.name))
-        protocol_name = protocol.name if Path(str(protocol_name)).suffix not in (".yaml", ".yml") else str(protocol_name)
     train = to_dict(from_dict(TrainConfig, train_dict, f"{spec.file}.train (+ protocol {protocol_name})"))
     backbone: dict[str, Any] = {"preset": spec.backbone}
     params = to_dict(method_cls.Params())
@@ -153,7 +150,7 @@ def resolve(
         section, name = key.split(".", 1)
         {"train": train, "backbone": backbone, "method": params}[section][name] = value
     params_obj = from_dict(method_cls.Params, params, f"{where} (method {method!r})")
-    if spec.class_order in ("natural",) or isinstance(spec.class_order, list):
+    if spec.class_order == "natural" or isinstance(spec.class_order, list):
         top["order_seed"] = None  # the seed has no effect: do not let it split identical runs
     elif top["order_seed"] is None:
         top["order_seed"] = spec.order_seed
