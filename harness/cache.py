@@ -47,6 +47,6 @@ def open_prepared(spec: BenchmarkSpec) -> SourceData:
     )
 
 
-def read_manifest(benchmark: str) -> dict | None:
-    f = prepared_dir(benchmark) / "manifest.json"
-    return json.loads(f.read_text()) if f.exists() else None
+def is_prepared(benchmark: str) -> bool:
+    """Whether a complete cache exists (its manifest is written last); cheap: the manifest is not parsed."""
+    return (prepared_dir(benchmark) / "manifest.json").exists()

@@ -25,13 +25,13 @@ def cmd_list(args) -> int:
     elif args.what == "benchmarks":
         from harness.spec import available_benchmarks, load_spec
 
-        from harness.cache import read_manifest
+        from harness.cache import is_prepared
 
         for name in available_benchmarks():
             spec = load_spec(name)
             state = ""
             if spec.source.kind == "images":
-                state = f"  [protocol {spec.protocol}; " + ("prepared]" if read_manifest(name) else "not prepared]")
+                state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(name) else "not prepared]")
             print(f"{name:<18} {spec.description}{state}")
     elif args.what == "protocols":
         from harness.protocol import available_protocols, load_protocol
@@ -243,6 +243,7 @@ def cmd_stream(args) -> int:
     benchmark's known class names (counts unknown) when it is not prepared yet."""
     import numpy as np
 
+    from harness.cache import is_prepared
     from harness.config import resolve, run_spec
     from harness.sources import load_source
     from harness.stream import build_stream
@@ -250,7 +251,7 @@ def cmd_stream(args) -> int:
     overrides = {"protocol": args.protocol} if args.protocol else {}
     cfg = resolve(args.benchmark, "seq-lora", order_seed=args.order_seed, overrides=overrides, where="stream")
     spec = run_spec(cfg)
-    prepared = spec.source.kind != "images" or _is_prepared(spec.name)
+    prepared = spec.source.kind != "images" or is_prepared(spec.name)
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]
@@ -273,12 +274,6 @@ def cmd_stream(args) -> int:
 
         print(f"(not prepared: class ids only where names are unknown; run `{prepare_command(spec)}`)")
     return 0
-
-
-def _is_prepared(benchmark: str) -> bool:
-    from harness.cache import read_manifest
-
-    return read_manifest(benchmark) is not None
 
 
 def cmd_prepare(args) -> int:
