@@ -1,8 +1,8 @@
 """Image banks: uint8 images (in memory, or memory-mapped from a prepared cache) → normalised float batches on the
 run's device.
 
-Every transform runs on whole batches of tensors (harness/augment.py), never per sample in Python, on the run's
-device. Training augmentation is seeded per batch from the run config (seed, task, epoch, batch number), so a run
+Every transform takes a whole batch of uint8 tensors on the run's device (harness/augment.py; on CPU its crop
+loops over the batch's samples, which measured faster there than the batched kernels). Training augmentation is seeded per batch from the run config (seed, task, epoch, batch number), so a run
 resumed at any epoch draws the same augmentations as an uninterrupted one without storing generator state.
 Small banks without augmentation (the embedded benchmarks) are preprocessed once and kept on the device.
 """
@@ -46,9 +46,6 @@ class ImageBank:
         small = isinstance(images, torch.Tensor) and out_bytes <= _PRECOMPUTE_BYTES
         self._pre = self.preprocess(images) if small else None
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 images at `idx` on the device; memory maps are read in index order (sequential I/O)."""
         if isinstance(self._raw, torch.Tensor):
@@ -62,9 +59,6 @@ class ImageBank:
             u8 = u8.pin_memory()
         return u8.to(self.device, non_blocking=True)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
     def preprocess(self, u8: torch.Tensor) -> torch.Tensor:
         """The deterministic (evaluation) view: the test transform, or a plain resize to the model's input size."""
         u8 = u8.to(self.device, non_blocking=True)
@@ -73,7 +67,7 @@ class ImageBank:
         x = u8.float().div_(255.0)
         if x.shape[-1] != self.image.size or x.shape[-2] != self.image.size:
             x = F.interpolate(x, size=(self.image.size, self.image.size), mode="bilinear", antialias=True, align_corners=False)
-        return self._normalise(x)
+        return (x - self.mean) / self.std
 
     def batch(self, idx: torch.Tensor, augment: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         idx_dev = idx.to(self.device)

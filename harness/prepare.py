@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.image_sources import Listing, Sample, is_hub_folder, list_folder, list_hub
+from harness.image_sources import HubColumns, Listing, Sample, is_hub_folder, list_folder, list_hub
 from harness.io import atomic_write_text
 from harness.paths import cache_dir, datasets_dir
 from harness.spec import BenchmarkSpec
@@ -71,8 +71,6 @@ def resolve_source(spec: BenchmarkSpec, source: str | None, load_hub: Callable |
         raise ConfigError(f"--source {source}: no such folder (a Hub id looks like owner/name)")
     hub_id = source or hub.id
     same = hub is not None and hub_id == hub.id
-    from harness.image_sources import HubColumns
-
     # Another id or a local copy is taken to hold the same dataset: the spec's split and column names are tried
     # first, plain train/test and inferred columns where it lacks them.
     return list_hub(
