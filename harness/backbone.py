@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -33,6 +34,8 @@ class BackbonePreset:
     timm_kwargs: dict = field(default_factory=dict)
     pretrained: bool = False  # timm/HF Hub weights (needs network or the HF cache, or `weights: FILE`)
     pretrain_recipe: str | None = None  # weights produced by clmerge's own code (harness/pretrain.py)
+    weights_file: str | None = None  # shipped in harness/weights/, loaded by default (harness/shipped_weights.py)
+    weights_sha256: str | None = None  # the shipped file's pinned hash: any other file is refused
     lora_rank: int = 10
     lora_alpha: float | None = None  # None → alpha = rank (scaling 1, as P&M/SplitLoRA: no α/r factor)
     lora_targets: tuple[str, ...] = ("k", "v")
@@ -49,6 +52,8 @@ PRESETS: dict[str, BackbonePreset] = {
             timm_name="vit_tiny_patch16_224",
             timm_kwargs=_TINY,
             pretrain_recipe="mnist16",
+            weights_file="vit-tiny-digits-mnist.safetensors",
+            weights_sha256="966c4f7ddec514868ce7a7416bba162d90d68141ca73500b5cd18569b50df891",
             lora_rank=4,
         ),
         BackbonePreset(
@@ -142,9 +147,8 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
     import timm
 
     kwargs = dict(preset.timm_kwargs, num_classes=0)
-    if weights:
-        from pathlib import Path
-
+    own = preset.weights_file is not None  # clmerge's own backbone: its weights are loaded below, not by timm
+    if weights and not own:
         if not Path(weights).exists():
             raise ConfigError(f"backbone.weights: file {weights} does not exist")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
@@ -160,10 +164,17 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
                     "Without internet, download them once elsewhere and pass --set backbone.weights=FILE"
                 ) from exc
             raise
-    if preset.pretrain_recipe and not weights:
-        from harness.pretrain import load_or_pretrain
+    if own:
+        from harness.shipped_weights import load_shipped, load_weights_file
 
-        vit.load_state_dict(load_or_pretrain(preset.pretrain_recipe, preset))
+        if weights and not Path(weights).exists():
+            raise ConfigError(f"backbone.weights: file {weights} does not exist")
+        state = load_weights_file(Path(weights)) if weights else load_shipped(preset)
+        try:
+            vit.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"backbone {preset.name}: weights {weights or preset.weights_file} do not fit the "
+                              f"architecture ({exc})") from exc
     with seeded(0):  # the split Linears' throw-away init must not touch the caller's RNG
         for blk in vit.blocks:
             blk.attn.qkv = SplitQKV(blk.attn.qkv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from harness.errors import ConfigError, unknown
 
@@ -126,16 +127,42 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         # `reproduce`: small CPU cells, so about three jobs per worker instead of one process per cell.
         workers = args.max_parallel or os.cpu_count() or 1
         per_job = max(1, -(-len(cells) // (3 * workers)))
+    start = time.time()
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
+    wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
         show_report()
+    differs = 0
+    if pack and _is_grid(name_or_file):
+        differs = _against_reference(name, cells, getattr(args, "update_reference", False), wall_s)
     if failed:
         print(f"\n{len(failed)} cell(s) failed:", file=sys.stderr)
         for o in failed:
             print(f"  {o.benchmark} × {o.method} × seed {o.seed} (run {o.run_id}): {o.message}", file=sys.stderr)
         return 1
-    return 0
+    return differs
+
+
+def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> int:
+    """`reproduce GRID`: compare the finished cells with the grid's committed reference (1 if a row is not
+    reproduced), or with --update-reference write the reference from them."""
+    from harness.grid_reference import all_reproduced, compare, load_reference, render, write_reference
+    from harness.report import collect
+    from harness.store import load_result
+
+    runs = collect(cells)
+    if update:
+        env = dict(load_result(cells[0])["environment"]) if runs["done"].all() else {}
+        path = write_reference(name, runs, env, f"clmerge reproduce {name} --update-reference", wall_s)
+        print(f"\nreference written: {path} ({len(runs)} cells); commit it with the README table it backs")
+        return 0
+    reference = load_reference(name)
+    if reference is None:
+        return 0
+    rows = compare(runs, reference)
+    print("\n" + render(rows, reference, name))
+    return 0 if all_reproduced(rows) else 1
 
 
 def _failed(cells):
@@ -190,14 +217,14 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
 
 
 def _ensure_backbones(cells) -> None:
-    """Pre-train derived backbones once in this process, so parallel jobs do not all wait on the same lock."""
+    """Check every shipped backbone file the cells load (exists, pinned SHA-256) before anything is submitted."""
     from harness.backbone import PRESETS
-    from harness.pretrain import load_or_pretrain
+    from harness.shipped_weights import check_shipped
 
     for name in {c.backbone.preset for c in cells}:
         p = PRESETS[name]
-        if p.pretrain_recipe and not any(c.backbone.weights for c in cells if c.backbone.preset == name):
-            load_or_pretrain(p.pretrain_recipe, p)
+        if p.weights_file and not all(c.backbone.weights for c in cells if c.backbone.preset == name):
+            check_shipped(p)
 
 
 def _print_report(name: str, cells) -> None:
@@ -276,6 +303,28 @@ def cmd_stream(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    """Rerun a clmerge-pretrained backbone's recipe and compare the result's SHA-256 with the shipped file's."""
+    import torch
+
+    from harness.backbone import PRESETS
+    from harness.pretrain import regenerate
+
+    if args.preset not in PRESETS:
+        raise unknown("backbone preset", args.preset, [n for n, p in PRESETS.items() if p.pretrain_recipe], "pretrain")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = regenerate(PRESETS[args.preset], force=args.force)
+    print(f"{args.preset}: recipe {PRESETS[args.preset].pretrain_recipe} → {r.path}\nSHA-256 {r.sha256}")
+    if r.matches:
+        print("matches the shipped weights: this machine reproduces the pre-training bit for bit")
+        return 0
+    print(f"differs from the shipped weights ({r.pinned}). Expected on another CPU or thread count (float kernels "
+          "differ); runs keep loading the shipped file. To train on this file instead: "
+          f"--set backbone.weights={r.path}")
+    return 1
+
+
 def cmd_prepare(args) -> int:
     from harness.prepare import prepare
     from harness.spec import load_spec
@@ -335,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run a published table's (or a grid's) missing cells, then report")
     p.add_argument("table", help="table from `clmerge list tables` (e.g. pm-merging), or a grid (e.g. smoke)")
     p.add_argument("--seeds", type=int, default=None, help="published tables: seeds per cell (default: the table's)")
+    p.add_argument("--update-reference", action="store_true",
+                   help="grids: write results/reference/grids/GRID.json from this run (maintainers; commit it)")
     _grid_args(p)
     p.set_defaults(fn=cmd_reproduce)
 
@@ -353,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-seed", type=int, default=None, help="class-order seed (default: the protocol's)")
     p.add_argument("--protocol", default=None, help="protocol preset (image benchmarks; default: the benchmark's)")
     p.set_defaults(fn=cmd_stream)
+
+    p = sub.add_parser("pretrain", help="rerun the pre-training recipe of clmerge's own backbone; compare with the "
+                                        "shipped weights' SHA-256")
+    p.add_argument("preset", nargs="?", default="vit-tiny-digits-mnist", help="backbone preset (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="train again even if this machine's result is cached")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("prepare", help="decode an image benchmark once into the memory-mapped cache runs read")
     p.add_argument("benchmark")

@@ -6,7 +6,10 @@ resized to 16×16 — a different dataset from the benchmark's scikit-learn digi
 Like ImageNet-21k for ImageNet-R, the pre-training labels overlap the benchmark's classes; the backbone is frozen
 afterwards and only LoRA adapters and heads are trained on the stream.
 
-The result is cached under `results/cache/backbones/` keyed by the recipe, so every cell of a grid shares it.
+The weights this recipe made are shipped in `harness/weights/` with their SHA-256 (harness/shipped_weights.py) and
+loaded by default: float kernels differ across CPUs, so rerunning the recipe elsewhere need not give the same bytes.
+`clmerge pretrain PRESET` reruns it into `results/cache/backbones/` (keyed by the recipe) and says whether the bytes
+match the shipped file.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.io import atomic_torch_save, file_lock
+from harness.io import file_lock
 from harness.paths import cache_dir
+from harness.shipped_weights import load_weights_file, save_weights, sha256_file
 from harness.seeding import generator, seeded
 
 
@@ -79,11 +84,39 @@ def recipe_key(name: str, preset) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def cached_path(name: str, preset) -> Path:
+    return cache_dir() / "backbones" / f"{preset.name}-{recipe_key(name, preset)}.safetensors"
+
+
 def load_or_pretrain(name: str, preset) -> dict[str, torch.Tensor]:
     """The cached pre-trained weights for (recipe, preset), computed once under a file lock."""
-    path = cache_dir() / "backbones" / f"{preset.name}-{recipe_key(name, preset)}.pt"
+    path = cached_path(name, preset)
     if not path.exists():
         with file_lock(path.with_suffix(".lock")):
             if not path.exists():
-                atomic_torch_save(pretrain(RECIPES[name], preset), path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+                save_weights(pretrain(RECIPES[name], preset), path)
+    return load_weights_file(path)
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    path: Path
+    sha256: str
+    pinned: str | None  # the shipped file's hash (None: the preset ships no weights)
+
+    @property
+    def matches(self) -> bool:
+        return self.sha256 == self.pinned
+
+
+def regenerate(preset, force: bool = False) -> Regenerated:
+    """Rerun the preset's pre-training recipe (or reuse this machine's cached result unless `force`) and compare the
+    file's SHA-256 with the shipped one. Bytes match only where the CPU kernels and thread count give the same floats."""
+    if not preset.pretrain_recipe:
+        raise ConfigError(f"backbone {preset.name} has no clmerge pre-training recipe (only presets with one can be "
+                          "regenerated)")
+    path = cached_path(preset.pretrain_recipe, preset)
+    if force:
+        path.unlink(missing_ok=True)
+    load_or_pretrain(preset.pretrain_recipe, preset)
+    return Regenerated(path, sha256_file(path), preset.weights_sha256)

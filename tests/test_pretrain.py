@@ -11,7 +11,7 @@ def test_pretrained_backbone_is_cached(tmp_path, monkeypatch):
     monkeypatch.setitem(pretrain.RECIPES, "tiny", pretrain.PretrainRecipe(epochs=1, batch_size=100))
     preset = PRESETS["vit-micro-test"]
     first = pretrain.load_or_pretrain("tiny", preset)
-    files = list((tmp_path / "backbones").glob("*.pt"))
+    files = list((tmp_path / "backbones").glob("*.safetensors"))
     assert len(files) == 1 and "head.weight" not in first  # classifier dropped
 
     def no_training(*a, **k):
