@@ -63,7 +63,7 @@ def cmd_compare(args) -> int:
     print(f"| method | Δ A_last | Δ A_avg | max cell |Δ A_last| | identical cells | verdict |\n|---|---|---|---|---|---|")
     for r in rows:
         a = ref_runs[ref_runs["method"] == r.method].set_index("run_id")["a_last"]
-        b = ours[ours["method"] == r.method].set_index("run_id")["a_last"]
+        b = ours[(ours["method"] == r.method) & ours["done"]].set_index("run_id")["a_last"]
         worst = float(np.max(np.abs(100 * (b - a.loc[b.index]).to_numpy()))) if len(b) else float("nan")
         print(f"| {r.method} | {r.deltas.get('a_last', float('nan')):+.2f} | {r.deltas.get('a_avg', float('nan')):+.2f}"
               f" | {worst:.2f} | {r.identical_cells}/{r.n} | {r.verdict} |")

@@ -26,6 +26,7 @@ JUDGED = (("a_last", "A_last"), ("a_avg", "A_avg"))  # metrics with a verdict; t
 STALE = "stale reference"
 MISSING = "not in reference"
 NOT_RUN = "not run"
+PARTIAL = "partial"  # fewer cells finished than the grid has: Δ over the finished seeds only, no verdict
 
 
 def reference_path(grid: str) -> Path:
@@ -97,6 +98,9 @@ def compare(runs, reference: dict) -> list[RowVerdict]:
         if done.empty:
             out.append(RowVerdict(verdict=NOT_RUN, **base))
             continue
+        partial = len(done) < len(ours)
+        if partial:  # compare the same seeds on both sides; no verdict on a part of the row
+            theirs = theirs[theirs["run_id"].isin(set(done["run_id"]))]
         by_id = theirs.set_index("run_id")
         base["identical_cells"] = int(sum(float(r.a_last) == float(by_id.loc[r.run_id, "a_last"])
                                           for r in done.itertuples()))
@@ -109,7 +113,7 @@ def compare(runs, reference: dict) -> list[RowVerdict]:
             v = verdict(m, s, len(done), mr, sr, n_published=len(theirs))
             if v != REPRODUCED:
                 row_verdict = v
-        out.append(RowVerdict(verdict=row_verdict, **base))
+        out.append(RowVerdict(verdict=f"{PARTIAL} ({len(done)}/{len(ours)})" if partial else row_verdict, **base))
     return out
 
 

@@ -86,3 +86,12 @@ def test_write_reference_refuses_a_partial_grid_and_round_trips(tmp_path, monkey
     back = gr.load_reference("g")
     assert back["cells"][1]["a_last"] == 0.4 and back["environment"] == {"cpu": "x"}
     assert gr.all_reproduced(gr.compare(runs, back))
+
+
+def test_partial_rerun_compares_the_same_seeds_and_draws_no_verdict():
+    ref = _runs({"m": [0.30, 0.40, 0.90]})
+    ours = _runs({"m": [0.30, 0.40, 0.90]})
+    ours.loc[2, "done"] = False
+    row = gr.compare(ours, _reference(ref))[0]
+    assert row.verdict == "partial (2/3)" and row.deltas["a_last"] == 0.0 and row.identical_cells == 2
+    assert not gr.all_reproduced([row])
