@@ -118,3 +118,41 @@ def test_pm_alpha_does_not_depend_on_the_fisher_batch_size():
     batch = [pm_alpha_2(bs, "batch") for bs in (1, 3, 10)]
     assert batch[0] == pytest.approx(alphas[0], rel=1e-10)  # batch size 1: the two estimators coincide
     assert max(batch) - min(batch) > 1e-3
+
+
+def test_trainer_gives_pm_the_task_training_samples_for_its_fisher(results, monkeypatch):
+    """In a real run, P&M's end_task gets the training bank and the task's training indices, and its Fisher pass
+    sees exactly those images (evaluation view) — not the test data, not another task's."""
+    import numpy as np
+
+    import harness.fisher
+    from harness.config import ExecConfig, resolve
+    from harness.trainer import build, run_tasks
+    from tests.conftest import FAST
+
+    cfg = resolve("split-digits-2x5", "pm", seed=0, overrides=FAST)
+    s = build(cfg, ExecConfig(progress=False))
+    seen: list[tuple] = []
+    real_end_task, real_fisher = type(s.method).end_task, harness.fisher.empirical_fisher
+
+    def end_task(self, model, task, data):
+        seen.append((task, data.bank, np.asarray(data.indices).copy(), []))
+        return real_end_task(self, model, task, data)
+
+    def fisher(model, batches, loss_fn, estimator="per-sample"):
+        xs = seen[-1][3]
+        return real_fisher(model, (xs.append((x, y)) or (x, y) for x, y in batches), loss_fn, estimator)
+
+    monkeypatch.setattr(type(s.method), "end_task", end_task)
+    monkeypatch.setattr(harness.fisher, "empirical_fisher", fisher)
+    run_tasks(s, ExecConfig(progress=False))
+    assert len(seen) == len(s.stream.tasks) == 2
+    for task, bank, indices, batches in seen:
+        assert bank is s.train_bank
+        np.testing.assert_array_equal(indices, task.train_indices)
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        ref_x, ref_y = zip(*s.train_bank.iterate(task.train_indices, 256))
+        assert torch.equal(x, torch.cat(ref_x)) and torch.equal(y, torch.cat(ref_y))
+        assert set(y.tolist()) == set(range(task.offset, task.offset + task.num_classes))
+        assert len(y) == len(task.train_indices) != len(task.test_indices)

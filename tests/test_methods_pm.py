@@ -28,11 +28,12 @@ def make_model() -> CLModel:
     return CLModel(BackboneConfig(preset="vit-micro-test"))
 
 
-def make_method(name: str, **params) -> Method:
+def make_method(name: str, seed: int = 0, **params) -> Method:
     cls = get_method(name)
     cfg = RunConfig(
         benchmark="split-digits-2x5",
         method=name,
+        seed=seed,
         backbone=BackboneConfig(preset="vit-micro-test"),
         train=TrainConfig(batch_size=4, temperature=2.0),
         method_params=params,
@@ -165,6 +166,28 @@ def test_pm_draws_are_seeded_and_the_loss_is_one_of_the_three_perturbed_losses()
     assert lm.params.perturbation == "none" and make_method("pm-gauss").params.perturbation == "gaussian"
 
 
+def test_pm_signs_are_uniform_over_the_three_values_within_binomial_bounds():
+    """3000 draws: each count ~ Binomial(3000, 1/3), mean 1000, sd 25.8; ±5 sd catches e.g. p = (0.4, 0.3, 0.3)."""
+    method = make_method("pm")
+    method.begin_task(make_model(), make_task(0))
+    draws = [method.draw_sign() for _ in range(3000)]
+    counts = {s: draws.count(s) for s in SIGNS}
+    sd = (3000 * (1 / 3) * (2 / 3)) ** 0.5
+    assert sum(counts.values()) == 3000
+    assert all(abs(c - 1000) < 5 * sd for c in counts.values()), counts
+    assert method._counts == [counts[0], counts[1], counts[-1]]
+
+
+def test_pm_draws_follow_the_run_seed():
+    def draws(seed: int, task: int = 1) -> list[int]:
+        m = make_method("pm", seed=seed)
+        m.begin_task(make_model(), make_task(task))
+        return [m.draw_sign() for _ in range(40)]
+
+    assert draws(0) == draws(0) and draws(3) == draws(3)
+    assert draws(0) != draws(3)
+
+
 # ---- merges against the batch formulas ---------------------------------------------------------------------------
 
 
@@ -203,8 +226,8 @@ def expected_merge(name: str, params, taus: list, seed: int = 0) -> dict:
         return M.average(taus)
     if name == "task-arith":
         return M.task_arithmetic(taus, params.lam)
-    if name == "dare":
-        return M.average([M.dare(t, params.p, generator(seed, "dare", i)) for i, t in enumerate(taus)])
+    if name == "dare":  # the τ̃_i hold the dropped ΔW_i already (see the test)
+        return M.average(taus)
     if name == "ties":
         return M.ties_merge(taus, params.density, params.lam)
     if name == "magmax":
@@ -236,12 +259,34 @@ def test_task_vector_methods_start_and_merge_as_documented(name, params):
         adapter = method.adapter_name(task)
         randomize(model, adapter, 40 + i)
         delta = model.delta(adapter)
+        if name == "dare":  # DARE drops and rescales the task's own ΔW_t only, never the start's part
+            delta = M.dare(delta, method.params.p, generator(0, "dare", i))
         taus.append({n: start[n] + delta[n] for n in delta})
         method.end_task(model, task, None)
         merged = expected_merge(name, method.params, taus)
         for n, w in weights(model).items():
             torch.testing.assert_close(w - w0[n], merged[n].to(w.dtype), rtol=1e-10, atol=1e-12)
         assert model.adapters() == []
+
+
+def test_dare_keeps_the_previous_merge_when_the_new_task_adds_nothing():
+    """start "merged", ΔW_2 = 0: τ̃_2 = D̂_1 + DARE(0) = D̂_1, so D̂_2 = mean(τ̃_1, D̂_1) = D̂_1 exactly — the merged
+    old entries are not dropped again (dropping τ_2 = D̂_1 + ΔW_2 would zero about half of them)."""
+    model, method = make_model().double(), make_method("dare")
+    w0 = weights(model)
+    for i in range(2):
+        task = make_task(i)
+        method.begin_task(model, task)
+        model.double()
+        if i == 0:
+            randomize(model, method.adapter_name(task), 45)
+        method.end_task(model, task, None)  # task 1's LoRA keeps B = 0: ΔW_2 = 0
+        if i == 0:
+            d1 = {n: w - w0[n] for n, w in weights(model).items()}
+            assert 0.3 < method.task_record(task)["kept_fraction"] < 0.7
+    for n, w in weights(model).items():
+        torch.testing.assert_close(w - w0[n], d1[n], rtol=1e-12, atol=1e-14)
+        assert float(d1[n].abs().sum()) > 0
 
 
 @pytest.mark.parametrize("name,w", [("coma", 0.5), ("cofima", 0.5), ("coma", 0.3), ("cofima", 0.3)])
