@@ -81,9 +81,17 @@ def test_consistency_kl_is_zero_for_equal_predictions_and_matches_the_formula():
     assert float(tm.consistency_kl(p[:, :0], q[:, :0], 2.0)) == 0.0
 
 
+PROBE = torch.randn(3, 4, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+
+
 def _tiny_forward(x):
-    """Two-layer net over the matrices {a: (4,3), b: (5,4)}: 5 logits, the first 2 are the "old" classes."""
-    return lambda w: torch.tanh(x @ w["a"].T) @ w["b"].T
+    """Two-layer net over the matrices {a: (4,3), b: (5,4)}: 5 logits, the first 2 are the "old" classes; and a
+    fixed 3-class probe head on the same hidden features."""
+    def forward(w):
+        h = torch.tanh(x @ w["a"].T)
+        return h @ w["b"].T, h @ PROBE.T
+
+    return forward
 
 
 @pytest.mark.parametrize("per_layer", [True, False])
@@ -92,9 +100,10 @@ def test_objective_gradient_matches_finite_differences(per_layer):
     dirs = tm.stack_directions([{n: p[n] - base[n] for n in base} for p in points])
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
     y = torch.randint(3, (6,), generator=g)
-    prev_old = _tiny_forward(x)(base)[:, :2].detach()
+    prev_old = _tiny_forward(x)(base)[0][:, :2].detach()
     coef = torch.randn((3, 2) if per_layer else (3,), generator=g, dtype=torch.float64) * 0.5
-    kw = dict(n_old=2, beta=0.7, gamma=0.3, temperature=2.0, ce_temperature=1.5, g0=50.0)  # hinge active
+    kw = dict(n_old=2, beta=0.7, gamma=0.3, temperature=2.0, ce_temperature=1.5, g0=50.0,  # hinge active
+              probe_labels=torch.randint(3, (6,), generator=g))
 
     def f(c):
         return tm.trm_objective(_tiny_forward(x), base, dirs, c, y, prev_old, **kw)
@@ -119,13 +128,13 @@ def test_switched_off_terms_leave_the_total():
     _, base, points = _tiny(2)
     dirs = tm.stack_directions([{n: p[n] - base[n] for n in base} for p in points])
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
-    prev_old = _tiny_forward(x)(base)[:, :2]
+    prev_old = _tiny_forward(x)(base)[0][:, :2]
     c = tm.init_coefficients(3, 0, 2, per_layer=True, dtype=torch.float64)
     only = {}
     for key in ("align", "consistency", "gradient"):
         flags = {k: k == key for k in ("align", "consistency", "gradient")}
         _, terms = tm.trm_objective(_tiny_forward(x), base, dirs, c, y, prev_old, n_old=2, g0=50.0, beta=1.0,
-                                    gamma=1.0, **flags)
+                                    gamma=1.0, probe_labels=torch.tensor([2, 0, 1, 1, 0]), **flags)
         only[key] = terms["total"]
     assert only["align"] == pytest.approx(terms["align"])
     assert only["consistency"] == pytest.approx(terms["consistency"])
