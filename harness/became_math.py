@@ -2,14 +2,20 @@
 Model mErging", ICML 2025, arXiv 2504.02666, §4). The authors publish no code; the closed form below is derived from
 the paper's Laplace/MAP set-up (research/merging-methods.md §5) and is a reconstruction.
 
-With diagonal Fishers, the log-posterior of θ on the segment θ(λ) = θ^GP + λΔ, Δ = θ̂_t − θ^GP_t, is approximated by
+The log-posterior of task t, with the prior N(θ*_{t−1}, F_{1:t−1}⁻¹) of the old tasks and the Laplace term
+N(θ̂_t, F_t⁻¹) of the new one (diagonal Fishers), is, up to −½ and constants,
 
-    q(λ) = λ²·ΔᵀF_{1:t−1}Δ + (1 − λ)²·ΔᵀF_tΔ        (up to ½ and constants)
+    Q(θ) = (θ − θ*_{t−1})ᵀ F_{1:t−1} (θ − θ*_{t−1}) + (θ − θ̂_t)ᵀ F_t (θ − θ̂_t).
 
-(prior N(θ*_{t−1}, F_{1:t−1}⁻¹) — the gradient-projection step θ^GP − θ*_{t−1} is taken to lie in the old tasks'
-null space, so it adds nothing — and new-task term N(θ̂_t, F_t⁻¹)). q is convex with q'(0) < 0 < q'(1), so
+On the segment θ(λ) = θ^GP + λΔ, Δ = θ̂_t − θ^GP_t, with the gradient-projected step g = θ^GP_t − θ*_{t−1}:
 
-    λ* = argmin q = ΔᵀF_tΔ / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ) ∈ [0, 1],   and afterwards F_{1:t} = F_{1:t−1} + F_t.
+    q(λ) = (g + λΔ)ᵀ F_{1:t−1} (g + λΔ) + (1 − λ)²·ΔᵀF_tΔ,
+    q'(λ) = 0  ⇔  λ* = (ΔᵀF_tΔ − gᵀF_{1:t−1}Δ) / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ),
+
+and the merge uses λ* clipped to [0, 1] (q is convex, so that is the minimiser on the segment). The cross term
+gᵀF_{1:t−1}Δ vanishes only if the projected step carries no old-task curvature against Δ — true for the exact
+Fisher when g lies in the old tasks' null space, not for the diagonal one (the step's entries still have old-task
+Fisher mass), so it is kept. Afterwards F_{1:t} = F_{1:t−1} + F_t.
 """
 
 from __future__ import annotations
@@ -24,15 +30,26 @@ def quad(fisher: Tensors, delta: Tensors) -> float:
     return float(sum((fisher[n].double() * delta[n].double().square()).sum() for n in delta))
 
 
-def objective(lam: float, old: float, new: float) -> float:
-    """q(λ) = λ²·ΔᵀF_oldΔ + (1 − λ)²·ΔᵀF_newΔ, with `old` = ΔᵀF_oldΔ and `new` = ΔᵀF_newΔ."""
-    return lam * lam * old + (1.0 - lam) ** 2 * new
+def bilinear(fisher: Tensors, a: Tensors, b: Tensors) -> float:
+    """aᵀFb = Σ_m ⟨F_m, a_m ⊙ b_m⟩ for diagonal F (float64)."""
+    return float(sum((fisher[n].double() * a[n].double() * b[n].double()).sum() for n in b))
 
 
-def became_lambda(delta: Tensors, fisher_old: Tensors | None, fisher_new: Tensors) -> float:
-    """λ* = ΔᵀF_newΔ / (ΔᵀF_oldΔ + ΔᵀF_newΔ); 1 without an old Fisher (first task) or when both terms vanish
-    (Δ = 0: the merge is θ^GP whatever λ)."""
+def objective(lam: float, old: float, new: float, cross: float = 0.0, gg: float = 0.0) -> float:
+    """q(λ) = gᵀF_old g + 2λ·gᵀF_oldΔ + λ²·ΔᵀF_oldΔ + (1 − λ)²·ΔᵀF_newΔ, with `old` = ΔᵀF_oldΔ, `new` = ΔᵀF_newΔ,
+    `cross` = gᵀF_oldΔ and `gg` = gᵀF_old g."""
+    return gg + 2.0 * lam * cross + lam * lam * old + (1.0 - lam) ** 2 * new
+
+
+def became_lambda(
+    delta: Tensors, fisher_old: Tensors | None, fisher_new: Tensors, gp_step: Tensors | None = None
+) -> float:
+    """λ* = clip((ΔᵀF_newΔ − gᵀF_oldΔ) / (ΔᵀF_oldΔ + ΔᵀF_newΔ), 0, 1), g = `gp_step` = θ^GP − θ*_{t−1} (None: 0);
+    1 without an old Fisher (first task) or when both quadratic terms vanish (Δ = 0: the merge is θ^GP whatever λ)."""
     if fisher_old is None:
         return 1.0
     new, old = quad(fisher_new, delta), quad(fisher_old, delta)
-    return new / (old + new) if old + new > 0 else 1.0
+    if not old + new > 0:
+        return 1.0
+    cross = bilinear(fisher_old, gp_step, delta) if gp_step is not None else 0.0
+    return min(max((new - cross) / (old + new), 0.0), 1.0)

@@ -121,13 +121,21 @@ class Method:
     def end_task(self, model: "CLModel", task: "Task", data: TaskData) -> None:
         raise NotImplementedError
 
+    def fisher_estimator(self) -> str:
+        """The Fisher estimator of harness/fisher.py: the method's `fisher` parameter if it has one, else per-sample."""
+        return getattr(self.params, "fisher", "per-sample")
+
     def task_fisher(self, model: "CLModel", task: "Task", data: TaskData) -> dict[str, torch.Tensor]:
-        """Diagonal empirical Fisher (harness/fisher.py) at the current point over one pass of the task's data, of the
-        base loss: CE of the current head on local labels — never a subclass's perturbed or regularised loss."""
+        """Diagonal empirical Fisher (harness/fisher.py, estimator `fisher_estimator()`) at the current point over one
+        pass of the task's data, of the base loss: CE of the current head on local labels — never a subclass's
+        perturbed or regularised loss."""
         from harness.fisher import empirical_fisher
 
         return empirical_fisher(
-            model, data.batches(self.train_cfg.batch_size), lambda x, y: Method.training_loss(self, model, x, y, task)
+            model,
+            data.batches(self.train_cfg.batch_size),
+            lambda x, y: Method.training_loss(self, model, x, y, task),
+            self.fisher_estimator(),
         )
 
     def eval_model(self, model: "CLModel") -> "CLModel":

@@ -47,7 +47,7 @@ def collect(cells: list[RunConfig], root: Path | None = None):
             m = r["metrics"]
             row.update({k: m.get(k) for k, _ in COLUMNS})
             row["acc_curve"] = m["acc_curve"]
-            row["reconstruction"] = bool(r.get("method_info", {}).get("reconstruction"))
+            row["reconstruction"] = r.get("method_info", {}).get("reconstruction") or ""
             row["grad_norm_start"] = start_grad_norm(r.get("grad_norms"))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -67,6 +67,8 @@ def aggregate(runs):
     for (bench, method), g in runs.groupby(["benchmark", "method"], sort=False):
         done = g[g["done"]]
         row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g))}
+        notes = [x for x in done.get("reconstruction", []) if isinstance(x, str) and x]
+        row["reconstruction"] = notes[0] if notes else ""
         for key, _ in COLUMNS:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(done[key].astype(float).to_numpy() if len(done) else [])
         gn = done["grad_norm_start"].astype(float).to_numpy() if "grad_norm_start" in done and len(done) else []
@@ -89,9 +91,26 @@ def markdown(agg, title: str) -> str:
         n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
         gn = r.get("grad_norm_start_mean", math.nan)
         gn = "–" if math.isnan(gn) else f"{gn:.3g}"
-        lines.append(f"| {r['benchmark']} | {r['method']} | {vals} | {gn} | {n} |")
-    lines += ["", DEFINITION, ""]
+        mark = RECON_MARK if r.get("reconstruction") else ""
+        lines.append(f"| {r['benchmark']} | {r['method']}{mark} | {vals} | {gn} | {n} |")
+    lines += ["", DEFINITION, ""] + reconstruction_notes(agg)
     return "\n".join(lines)
+
+
+RECON_MARK = "†"
+
+
+def reconstruction_notes(agg) -> list[str]:
+    """Footnotes for the methods marked † in the table: what each one reconstructs (Method.reconstruction, as the
+    runs recorded it), so a reconstructed row is never read as the paper's method."""
+    if "reconstruction" not in agg:
+        return []
+    notes = dict.fromkeys((r["method"], r["reconstruction"]) for _, r in agg.iterrows() if r["reconstruction"])
+    if not notes:
+        return []
+    out = [f"{RECON_MARK} reconstruction — parts of the method are not from public code or text (what is ours):"]
+    out += [f"- `{m}`: {text}" for m, text in notes] + [""]
+    return out
 
 
 def plot(runs, path: Path, title: str) -> None:

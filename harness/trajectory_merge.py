@@ -14,9 +14,15 @@ Notation (per adapted k/v matrix l, dense, d_out × d_in):
 Objective on the current task's data only (x, y; n_old old classes first in the logits, current head after):
     L_align = CE(z_cur / τ_train, y)                         z = logits of merged(c)
     L_cons  = T² · KL( softmax(z⁰_old / T) ‖ softmax(z_old / T) )  z⁰ = logits of θ̂_{t−1} (c = 0)
-    L_grad  = max(0, g0 − ‖∇_W L_align‖₂)                    ∇ w.r.t. the effective weights W = merged(c)
+    L_grad  = max(0, g0 − ‖∇_W L_probe‖₂)                    ∇ w.r.t. the effective weights W = merged(c)
+    L_probe = CE(h(f_W(x)) / τ_train, ỹ)   h a fresh randomly initialised head, ỹ random labels (both seeded)
     L = [align]·L_align + β·[cons]·L_cons + γ·[grad]·L_grad
-L_grad's gradient w.r.t. c is a double back-propagation (create_graph) through the network; only c is optimised.
+L_probe stands in for the *next* task's first loss: a new head that knows nothing yet and labels the current
+features do not encode, as at the onset of task t+1. Its gradient norm is the merged model's responsiveness there
+(the abstract's "gradient responsiveness"); it does not involve the current task's labels, so — unlike a hinge on
+‖∇ L_align‖, which rewards *not* fitting the current task — it cannot be raised by under-fitting it. g0 is a ratio
+times ‖∇_W L_probe‖ at θ̂_{t−1}: the merge must not leave the next task a flatter start than the previous merged
+model did. L_grad's gradient w.r.t. c is a double back-propagation (create_graph); only c is optimised.
 """
 
 from __future__ import annotations
@@ -92,20 +98,26 @@ def consistency_kl(prev_old: torch.Tensor, new_old: torch.Tensor, temperature: f
 
 
 def gradient_hinge(grad_norm: torch.Tensor, g0: float) -> torch.Tensor:
-    """L_grad = max(0, g0 − ‖∇‖): penalises a merged model whose loss gradient has shrunk below g0 ("gradient
+    """L_grad = max(0, g0 − ‖∇‖): penalises a merged model whose probe-loss gradient has shrunk below g0 ("gradient
     responsiveness": the next task must not start on a plateau); zero, with zero gradient, once ‖∇‖ ≥ g0."""
     return F.relu(g0 - grad_norm)
+
+
+def probe_loss(probe_logits: torch.Tensor, probe_labels: torch.Tensor, ce_temperature: float) -> torch.Tensor:
+    """L_probe = CE(h(f(x)) / τ_train, ỹ): the loss a fresh head h with labels ỹ unrelated to the features sees,
+    i.e. the next task's first loss (module docstring)."""
+    return F.cross_entropy(_f32(probe_logits) / ce_temperature, probe_labels)
 
 
 def grad_norm_wrt(loss: torch.Tensor, weights: Tensors, create_graph: bool) -> torch.Tensor:
     """‖∂loss/∂W‖₂ over all matrices W (non-leaf tensors of the graph, e.g. merged(c)); with `create_graph` the norm
     is itself differentiable (double back-propagation)."""
-    grads = torch.autograd.grad(loss, list(weights.values()), create_graph=create_graph)
-    return torch.sqrt(sum(_f32(g).square().sum() for g in grads))
+    grads = torch.autograd.grad(loss, list(weights.values()), create_graph=create_graph, allow_unused=True)
+    return torch.sqrt(sum(_f32(g).square().sum() for g in grads if g is not None))  # unused W: gradient 0
 
 
 def trm_objective(
-    forward: Callable[[Tensors], torch.Tensor],
+    forward: Callable[[Tensors], tuple[torch.Tensor, torch.Tensor | None]],
     base: Tensors,
     directions: Tensors,
     coef: torch.Tensor,
@@ -121,16 +133,18 @@ def trm_objective(
     temperature: float = 2.0,
     ce_temperature: float = 1.0,
     g0: float = 0.0,
+    probe_labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L(c) = [align]·L_align + β·[cons]·L_cons + γ·[grad]·L_grad on one batch (module docstring).
 
     `forward(W)` returns the logits (old classes first, then the current head's) of the model whose adapted matrices
-    are W; `prev_old` the old-class logits of θ̂_{t−1} on the same batch (None or width 0 on the first task).
+    are W, and the logits of the fresh probe head on the same features (None when `gradient` is off); `prev_old` the
+    old-class logits of θ̂_{t−1} on the same batch (None or width 0 on the first task); `probe_labels` ỹ.
     Returns the loss (a graph to c) and the values of every term, switched on or not where they were computed."""
     weights = combine(base, directions, coef)
     if gradient and not coef.requires_grad:  # evaluating L(c) only (e.g. finite differences): ∇_W still needs W leaves
         weights = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
-    logits = forward(weights)
+    logits, probe_logits = forward(weights)
     ce = F.cross_entropy(_f32(logits[:, n_old:]) / ce_temperature, y_local)
     terms = {"align": float(ce.detach())}
     total = ce if align else ce.new_zeros(())
@@ -140,7 +154,9 @@ def trm_objective(
         if consistency:
             total = total + beta * kl
     if gradient:
-        gn = grad_norm_wrt(ce, weights, create_graph=True)
+        if probe_logits is None or probe_labels is None:
+            raise ValueError("trm_objective: the gradient term needs the probe head's logits and the probe labels")
+        gn = grad_norm_wrt(probe_loss(probe_logits, probe_labels, ce_temperature), weights, create_graph=True)
         hinge = gradient_hinge(gn, g0)
         terms["grad_norm"] = float(gn.detach())
         terms["gradient"] = float(hinge.detach())

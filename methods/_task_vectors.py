@@ -40,6 +40,11 @@ class TaskVectorMerge(Method):
         self.start_tv: Tensors | None = None  # start point of the next task, relative to W0 (None: W0)
 
     # ---- to implement --------------------------------------------------------------------------------------
+    def task_delta(self, delta: Tensors, task) -> Tensors:
+        """The task's own fine-tuning delta ΔW_t as it enters τ_t = (start_t − W0) + ΔW_t. Default: unchanged (DARE
+        drops and rescales it here, so earlier tasks' merged entries in start_t are never re-dropped)."""
+        return delta
+
     def absorb(self, tau: Tensors, task) -> None:
         raise NotImplementedError
 
@@ -62,7 +67,7 @@ class TaskVectorMerge(Method):
 
     def end_task(self, model, task, data) -> None:
         assert self.w0 is not None
-        delta = model.pop_adapter(self.adapter_name(task))
+        delta = self.task_delta(model.pop_adapter(self.adapter_name(task)), task)
         start = self.start_tv or {}
         # τ in the weights' dtype, so accumulators match the model's precision
         tau = {n: (start[n] + d if n in start else d).to(self.w0[n].dtype) for n, d in delta.items()}

@@ -14,7 +14,8 @@ Per task t (a new LoRA on k/v from the merged weights θ*_{t−1}, a new head), 
    the stage (end_epoch) A is projected once more and the point θ^GP_t (LoRA factors and head) is snapshotted.
 2. Plasticity stage (remaining epochs): plain training from θ^GP_t to θ̂_t.
 3. Merge on the segment: θ*_t = θ^GP_t + λ_t(θ̂_t − θ^GP_t), with (harness/became_math.py)
-      λ_t = ΔᵀF_tΔ / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ),  Δ = θ̂_t − θ^GP_t over the effective k/v matrices,
+      λ_t = clip((ΔᵀF_tΔ − gᵀF_{1:t−1}Δ) / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ), 0, 1),  Δ = θ̂_t − θ^GP_t,
+   g = θ^GP_t − θ*_{t−1} (the stage-1 LoRA product) over the effective k/v matrices,
    F_t the diagonal empirical Fisher at θ̂_t (Method.task_fisher), F_{1:t} = F_{1:t−1} + F_t; λ_1 = 1. The head is
    interpolated with the same λ (it is part of θ on the segment; its Fisher is not used). Then the GPM basis is
    updated with the covariance of the task's k/v inputs at θ*_t and ε_t = lamb + (lame − lamb)·t/T.
@@ -32,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from harness.became_math import became_lambda, quad
+from harness.became_math import became_lambda, bilinear, quad
 from harness.errors import ConfigError
 from harness.method import Method
 from harness.registry import register
@@ -143,7 +144,7 @@ class BECAME(Method):
         d_hat = {n: (m.lora_B[name].weight @ m.lora_A[name].weight).detach() * m.scaling[name] for n, m in layers.items()}
         model.drop_adapter(name)  # the merge below writes θ*_t − θ*_{t−1} itself
         delta = {n: d_hat[n] - d_gp[n] for n in d_hat}
-        lam = became_lambda(delta, self.fisher, fisher_t)
+        lam = became_lambda(delta, self.fisher, fisher_t, gp_step=d_gp)
         model.add_to_weights({n: d_gp[n] + lam * delta[n] for n in delta})
         head = model.heads.heads[-1]
         with torch.no_grad():
@@ -153,6 +154,7 @@ class BECAME(Method):
             "lambda": lam,
             "dFd_old": quad(self.fisher, delta) if self.fisher is not None else 0.0,
             "dFd_new": quad(fisher_t, delta),
+            "gFd_old": bilinear(self.fisher, d_gp, delta) if self.fisher is not None else 0.0,
         }
         fisher_t = {n: f.float() for n, f in fisher_t.items()}
         self.fisher = fisher_t if self.fisher is None else {n: self.fisher[n] + fisher_t[n] for n in fisher_t}

@@ -7,9 +7,11 @@ effective k/v matrices W_eff = θ̂_{t−1} + ΔW_t, anchored at θ̂_{t−1} (t
 
 ΔW_m = B_m·A_m·scaling (differentiable in the LoRA factors). Kirkpatrick et al., "Overcoming catastrophic forgetting
 in neural networks", PNAS 2017, arXiv 1612.00796. Online Fisher and labels as in the MagMax code's EWC baseline
-(research/merging-methods.md §3, §8.4): after task t, F ← decay·F + (1 − decay)·F_t with decay 0.5 (F = F_1 after the
-first task), F_t the diagonal Fisher (harness/fisher.py) with the model's own argmax as targets. λ = 1e6 there is for
-full fine-tuning of CLIP; for LoRA it "must be re-searched" (§8.4 suggests 1e2..1e6): the default 1e4 [I] is the
+(research/merging-methods.md §3, §8.4; danielm1405/magmax `ewc.py`): F starts at 0 and after task t
+F ← decay·F + (1 − decay)·F_t with decay 0.5 — so F = (1 − decay)·F_1 = 0.5·F_1 after the first task, as in that
+code (not F_1) — F_t the diagonal Fisher (harness/fisher.py) with the model's own argmax as targets, by default the
+"batch" estimator (that code squares the gradient of each mini-batch's mean loss; `fisher: per-sample` gives the
+standard per-sample one). λ = 1e6 there is for full fine-tuning of CLIP; for LoRA it "must be re-searched" (§8.4 suggests 1e2..1e6): the default 1e4 [I] is the
 middle of that range on a log scale, not tuned on any benchmark.
 """
 
@@ -32,6 +34,7 @@ class Params:
     lam: float = 1e4  # penalty strength λ [I]; re-tune per backbone/benchmark
     decay: float = 0.5  # online Fisher: F ← decay·F + (1−decay)·F_t (MagMax code's EMA)
     fisher_labels: Literal["predicted", "true"] = "predicted"  # targets of the Fisher's CE (MagMax code: argmax)
+    fisher: Literal["per-sample", "batch"] = "batch"  # Fisher estimator (harness/fisher.py; MagMax code: batch)
 
     def validate(self, where: str) -> None:
         if self.lam < 0:
@@ -79,13 +82,16 @@ class EWC(Method):
         return loss_fn
 
     def end_task(self, model, task, data) -> None:
-        f_t = empirical_fisher(model, data.batches(self.train_cfg.batch_size), self._fisher_loss(model, task))
+        f_t = empirical_fisher(
+            model, data.batches(self.train_cfg.batch_size), self._fisher_loss(model, task), self.params.fisher
+        )
         f_t = {n: f.float() for n, f in f_t.items()}
         if self.fisher is not None and self.params.lam > 0:
             self.record = {"penalty_at_end": float(self.penalty(model, task).detach())}
         model.fold_adapter(self.adapter_name(task), 1.0)
         d = self.params.decay
-        self.fisher = f_t if self.fisher is None else {n: d * self.fisher[n] + (1 - d) * f_t[n] for n in f_t}
+        # F starts at 0 (the source's EMA): the first task contributes (1 − decay)·F_1
+        self.fisher = {n: (1 - d) * f_t[n] + (d * self.fisher[n] if self.fisher is not None else 0) for n in f_t}
 
 
     def state_dict(self) -> dict:

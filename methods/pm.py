@@ -9,7 +9,9 @@ Per task t (a new LoRA on k/v, trained from the current merged weights θ̂_{t�
   factors) by (1 + s·ε), ε = 0.5 [paper]. One forward and one backward per step. The merged weights and the heads
   are never perturbed. E[loss] = L(θ) + (ε²/3)·ΔᵀHΔ + O(ε⁴): a curvature penalty along the task vector.
 * Infer after merging (§2): the diagonal empirical Fisher F_t of the task's CE (current head, local labels,
-  logits/temperature) at the trained point, over the effective k/v matrices (harness/fisher.py); then
+  logits/temperature) at the trained point, over the effective k/v matrices (harness/fisher.py) — by default the
+  mean of per-sample squared gradients (the standard empirical Fisher; `fisher: batch` squares mini-batch-mean
+  gradients instead, an option whose α depends on the batch size); then
       α_t = −Σ_{i≤t} (θ̂_{t−1} − θ*_i)ᵀ F_i Δ_t / Σ_{i≤t} Δ_tᵀ F_i Δ_t,  clipped to [0, 1] (α_1 = 1),
   one global α by default [paper], per adapted matrix with `per_module`; fold α_t·Δ_t into the weights and drop
   the LoRA. Running sums S0 = Σ F_i, S1 = Σ F_i ⊙ (θ*_i − W0) and D̂ = θ̂ − W0 (float64) replace the paper's
@@ -19,7 +21,10 @@ Per task t (a new LoRA on k/v, trained from the current merged weights θ̂_{t�
 Ablations [paper, Table "ablation"]: `lora-m` = the same merge without perturbation; `pm-gauss` = the perturbation
 along a random Gaussian direction instead of the task vector. How the paper drew that noise is unknown [?]; here
 [I] the direction is i.i.d. Gaussian per adapted matrix m, rescaled to ‖Δ_m‖_F and redrawn every step, with the
-same s and ε — so only the direction differs from P&M.
+same s and ε. The forward perturbation has P&M's size, but the gradient does not: the noise (and its scale ‖Δ_m‖) is
+a constant of the step, so the LoRA's gradient is that of the unperturbed product at the shifted point (ratio 1 to
+the product's own term), where P&M's scaled product multiplies it by (1 + sε). The two differ in direction *and* in
+this gradient factor.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class PMParams:
     epsilon: float = 0.5  # perturbation size ε [paper]
     perturbation: Perturbation = "task-vector"  # direction: the task's LoRA product, a Gaussian one, or none
     per_module: bool = False  # one α per adapted matrix instead of one global α (the paper's ablation)
+    fisher: Literal["per-sample", "batch"] = "per-sample"  # Fisher estimator (harness/fisher.py); batch: option only
 
     def validate(self, where: str) -> None:
         if self.epsilon < 0:

@@ -9,8 +9,11 @@ Per task t:
 * Merge: directions d_k = θ_t^(k) − θ̂_{t−1} (dense per adapted matrix) plus augmentation (θ̂_{t−1} − θ0 and/or a
   random direction of ‖d_K‖), merged(c) = θ̂_{t−1} + Σ_j c_{j,l} d_{j,l}, c per direction and per matrix l. c is
   optimised with Adam on the current task's data only, loss = L_align + β·L_cons + γ·L_grad (each switchable):
-  CE of the current head; KL of old-class predictions to those of θ̂_{t−1}; a hinge keeping ‖∇_W CE‖ ≥ g0, with
-  g0 = g0_ratio × ‖∇_W CE‖ at θ̂_{t−1} (the gradient a fresh start sees, measured on the first merge batch).
+  CE of the current head; KL of old-class predictions to those of θ̂_{t−1}; a hinge keeping the gradient norm of a
+  *probe* loss ‖∇_W L_probe‖ ≥ g0 — L_probe the CE of a fresh randomly initialised head (as the next task's head
+  starts) against random labels (as the next task's labels look to the current features), both seeded; it never
+  sees the current labels, so it cannot reward under-fitting the current task — with g0 = g0_ratio × its norm at
+  θ̂_{t−1} on the first merge batch (the merge may not leave the next task a flatter start than θ̂_{t−1} gave).
 * θ̂_t = merged(c*) is written into the weights and the LoRA dropped; task t+1 trains from θ̂_t. Heads are
   concatenated, never merged, and stay fixed during the merge.
 State between tasks: θ0 of the adapted matrices (for the augmentation direction) — constant in the number of tasks;
@@ -49,11 +52,11 @@ class TRMParams:
     batch_size: int = 0  # merge batch size; 0 = train.batch_size
     align: bool = True  # L_align: CE of the current head on the current task's labels
     consistency: bool = True  # L_cons: KL of old-class predictions to those of θ̂_{t−1}
-    gradient: bool = True  # L_grad: hinge keeping the CE gradient norm (w.r.t. the merged k/v weights) ≥ g0
+    gradient: bool = True  # L_grad: hinge keeping the probe-loss gradient norm (w.r.t. the merged k/v weights) ≥ g0
     beta: float = 1.0  # weight of L_cons
     gamma: float = 0.1  # weight of L_grad
     temperature: float = 2.0  # T of L_cons
-    g0_ratio: float = 0.5  # g0 = g0_ratio × ‖∇_W CE‖ at θ̂_{t−1} on the first merge batch
+    g0_ratio: float = 1.0  # g0 = g0_ratio × ‖∇_W L_probe‖ at θ̂_{t−1} on the first merge batch
 
     def validate(self, where: str) -> None:
         if self.checkpoints < 1:
@@ -79,8 +82,8 @@ class TRM(Method):
         "trajectory; directions d_k = θ_t^(k) − θ̂_{t−1} dense per k/v matrix; augmentation θ̂_{t−1} − θ0 (or a random "
         "‖d_K‖ direction); coefficients per direction × matrix, init c_K = 0.5; Adam on c over the current task's data; "
         "L_align = CE of the current head; L_cons = T²·KL of old-class softmax to θ̂_{t−1}'s; L_grad = hinge "
-        "max(0, g0 − ‖∇_W CE‖) with g0 = ratio × the gradient norm at θ̂_{t−1} (double backprop); β, γ, T, lr, steps; "
-        "heads fixed, concatenated"
+        "max(0, g0 − ‖∇_W L_probe‖), L_probe = CE of a fresh random head against random labels (the next task's "
+        "onset), g0 = ratio × its norm at θ̂_{t−1} (double backprop); β, γ, T, lr, steps; heads fixed, concatenated"
     )
 
     def __init__(self, params: TRMParams, ctx):
@@ -142,15 +145,28 @@ class TRM(Method):
             "merge_seconds": time.perf_counter() - start,
         }
 
-    def _forward_fn(self, model):
-        """forward(W) = logits of the model whose adapted k/v matrices are W (functional, differentiable in W)."""
+    def _forward_fn(self, model, probe: torch.nn.Linear | None):
+        """forward(x, W) = (logits of the model whose adapted k/v matrices are W, logits of the probe head on the same
+        features or None) — functional, differentiable in W."""
+        backbone = model.vit.base_model.model  # what CLModel.features runs
         ids = {id(w): n for n, w in model.merged_weights().items()}
-        pnames = {ids[id(prm)]: pn for pn, prm in model.named_parameters() if id(prm) in ids}
+        pnames = {ids[id(prm)]: pn for pn, prm in backbone.named_parameters() if id(prm) in ids}
 
-        def forward(x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(model, {pnames[n]: w for n, w in weights.items()}, (x,))
+        def forward(x: torch.Tensor, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            feats = functional_call(backbone, {pnames[n]: w for n, w in weights.items()}, (x,))
+            return model.heads(feats), (probe(feats) if probe is not None else None)
 
         return forward
+
+    def probe_head(self, model, task) -> torch.nn.Linear:
+        """The fresh head of L_probe: initialised like a new task head (CLModel.heads.add), seeded by (run, task),
+        as wide as the current task's head, frozen."""
+        from harness.seeding import seeded
+
+        ref = model.heads.heads[-1]
+        with seeded(self.task_seed("trm-probe-head", task.index)):
+            head = torch.nn.Linear(ref.in_features, ref.out_features)
+        return head.to(ref.weight.device, ref.weight.dtype).requires_grad_(False)
 
     def _optimise(self, model, task, data, base, directions, coef0) -> tuple[torch.Tensor, dict]:
         p = self.params
@@ -162,8 +178,10 @@ class TRM(Method):
         if not (p.align or p.consistency or p.gradient) or steps == 0:
             return coef.detach(), info
         opt = torch.optim.Adam([coef], lr=p.lr)
-        forward = self._forward_fn(model)
+        n_probe = task.num_classes
+        forward = self._forward_fn(model, self.probe_head(model, task) if p.gradient else None)
         g = generator(self.seed, "trm-merge-batches", task.index)
+        g_probe = generator(self.seed, "trm-probe-labels", task.index)
         was_training = model.training
         model.eval()
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -179,21 +197,22 @@ class TRM(Method):
                         batches = iter(data.batches(bs, g))
                         x, y = next(batches)
                     y_local = y - task.offset
+                    probe_y = torch.randint(n_probe, y.shape, generator=g_probe).to(y.device) if p.gradient else None
                     prev_old = None
                     if n_old > 0 or (p.gradient and step == 0):
                         base_w = {n: w.detach().requires_grad_(p.gradient and step == 0) for n, w in base.items()}
                         with torch.set_grad_enabled(p.gradient and step == 0):
-                            z0 = forward(x, base_w)
+                            z0, probe0 = forward(x, base_w)
                         prev_old = z0[:, :n_old].detach()
                         if p.gradient and step == 0:  # g0 from the start point θ̂_{t−1} (c = 0)
-                            ce0 = torch.nn.functional.cross_entropy(
-                                z0[:, n_old:].float() / self.train_cfg.temperature, y_local)
-                            g0 = p.g0_ratio * float(tm.grad_norm_wrt(ce0, base_w, create_graph=False))
+                            l0 = tm.probe_loss(probe0, probe_y, self.train_cfg.temperature)
+                            g0 = p.g0_ratio * float(tm.grad_norm_wrt(l0, base_w, create_graph=False))
                             info["g0"] = g0
                     loss, terms = tm.trm_objective(
                         lambda w: forward(x, w), base, directions, coef, y_local, prev_old, n_old=n_old,
                         align=p.align, consistency=p.consistency, gradient=p.gradient, beta=p.beta, gamma=p.gamma,
                         temperature=p.temperature, ce_temperature=self.train_cfg.temperature, g0=g0,
+                        probe_labels=probe_y,
                     )
                     if not math.isfinite(terms["total"]):
                         raise FloatingPointError(f"trm: merge loss is {terms['total']} at task {task.index}, step {step}")

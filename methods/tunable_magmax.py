@@ -21,10 +21,14 @@ a hyper-parameter — a reconstruction/choice of ours, not the paper's protocol:
   falls back to uniform, recorded as such).
 On benchmarks with equal task sizes all three built-in sources coincide (uniform).
 
-State: the quota assignment is not associative (it needs every τ_i at once), so all task vectors are kept — dense
-ΔW-sized τ_i per adapted matrix (12 blocks × k,v × 768² fp32 ≈ 57 MB per task for ViT-B/16), growing with T
-(constant_memory = False; merging-methods.md §10). The merge after task t draws from a generator seeded by the run
-seed and t, so intermediate and resumed merges are reproducible.
+State: the quota assignment is not associative (it needs every τ_i at once), so every task's contribution is kept —
+as its LoRA factors (A_s, B_s), not as a dense τ (≈ 1.5 MB instead of ≈ 57 MB per task on ViT-B/16 at rank 10),
+growing with T (constant_memory = False; merging-methods.md §10). The dense τ_i are rebuilt for each merge, with the
+same operations as when they were first formed, so the merge is bit-identical to one on stored dense vectors:
+ΔW_s = (B_s·A_s)·scaling in fp32 (CLModel.delta), and τ_t = τ_{t−1} + ΔW_t = Σ_{s≤t} ΔW_s with start "sequential",
+τ_t = ΔW_t with "pretrained". With start "merged" τ_t = θ̂_{t−1} − W0 + ΔW_t depends on the earlier merges, so that
+(non-default) start keeps the dense start point of every task as well. The merge after task t draws from a generator
+seeded by the run seed and t, so intermediate and resumed merges are reproducible.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ class TunableMagMax(TaskVectorMerge):
         n_tasks = len(ctx.stream.tasks)
         if not isinstance(pref, str) and len(pref) != n_tasks:
             raise ConfigError(f"method_params.preference: {len(pref)} weights for a stream of {n_tasks} tasks")
-        self.tvs: list[dict[str, torch.Tensor]] = []
+        self.factors: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # (A_s, B_s) per task and matrix
+        self.starts: list[dict[str, torch.Tensor] | None] = []  # dense start_s − W0, only with start "merged"
+        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._merged: dict[str, torch.Tensor] | None = None
 
     def preference_weights(self, t: int) -> tuple[list[float], str]:
@@ -92,17 +98,50 @@ class TunableMagMax(TaskVectorMerge):
         w = [float(x) for x in pref[: t + 1]]
         return (w, "list") if sum(w) > 0 else ([1.0] * len(tasks), "uniform (no preference mass on the seen tasks)")
 
+    def end_task(self, model, task, data) -> None:
+        name = self.adapter_name(task)
+        self._pending = {n: (m.lora_A[name].weight.detach().clone(), m.lora_B[name].weight.detach().clone())
+                         for n, m in model.lora_layers().items()}
+        self._scaling = model._base_scaling
+        super().end_task(model, task, data)
+
+    def task_vectors(self) -> list[dict[str, torch.Tensor]]:
+        """τ_1..τ_t rebuilt from the stored factors (and starts), in the weights' dtype, exactly as first formed."""
+        assert self.w0 is not None
+        tvs: list[dict[str, torch.Tensor]] = []
+        for s, fac in enumerate(self.factors):
+            # CLModel.delta's arithmetic: (B.float() @ A.float()) · scaling
+            delta = {n: (b.float() @ a.float()) * self._scaling for n, (a, b) in fac.items()}
+            if self.params.start == "merged":
+                start = self.starts[s]
+            elif self.params.start == "sequential" and tvs:
+                start = tvs[-1]
+            else:
+                start = None
+            tvs.append({n: (start[n] + d if start is not None else d).to(self.w0[n].dtype) for n, d in delta.items()})
+        return tvs
+
+    @property
+    def tvs(self) -> list[dict[str, torch.Tensor]]:
+        return self.task_vectors()
+
     def absorb(self, tau, task) -> None:
-        self.tvs.append(tau)
+        assert self._pending is not None
+        self.factors.append(self._pending)
+        self.starts.append(dict(self.start_tv) if self.params.start == "merged" and self.start_tv else None)
+        self._pending = None
+        tvs = self.task_vectors()
+        if any(not torch.equal(tvs[-1][n], tau[n]) for n in tau):
+            raise AssertionError("tunable-magmax: the task vector rebuilt from the LoRA factors differs from τ_t")
         weights, source = self.preference_weights(task.index)
         winners: dict[str, torch.Tensor] = {}
         g = generator(self.seed, "tunable-magmax", task.index)
-        self._merged = tunable_magmax(self.tvs, weights, self.params.lam, g, winners)
+        self._merged = tunable_magmax(tvs, weights, self.params.lam, g, winners)
         # how far the quotas moved the merge away from plain MagMax (ties → later task), for the results
         moved = total = 0
         for n, win in winners.items():
-            mags = torch.stack([tv[n] for tv in self.tvs]).abs()
-            plain = len(self.tvs) - 1 - mags.flip(0).argmax(0)
+            mags = torch.stack([tv[n] for tv in tvs]).abs()
+            plain = len(tvs) - 1 - mags.flip(0).argmax(0)
             moved += int((plain != win).sum())
             total += win.numel()
         s = sum(weights)
@@ -117,7 +156,9 @@ class TunableMagMax(TaskVectorMerge):
         return self._merged
 
     def acc_state(self) -> dict:
-        return {"tvs": self.tvs}
+        return {"factors": self.factors, "starts": self.starts, "scaling": getattr(self, "_scaling", None)}
 
     def load_acc_state(self, state: dict) -> None:
-        self.tvs = list(state["tvs"])
+        self.factors, self.starts = list(state["factors"]), list(state["starts"])
+        if state["scaling"] is not None:
+            self._scaling = state["scaling"]

@@ -94,3 +94,22 @@ def test_report_with_partial_seeds_shows_n(tmp_path, results):
     md, _ = report("tiny", cells, results)
     row = next(line for line in md.splitlines() if "| seq-lora |" in line)
     assert row.endswith("| 1/2 |") and "±" not in row  # one seed: no std
+
+
+def test_report_marks_reconstructed_methods_and_says_what_is_reconstructed():
+    """A method whose runs recorded a `reconstruction` text is shown as `name†`, with a footnote giving the text;
+    the others are unmarked."""
+    import pandas as pd
+
+    from harness.report import aggregate, markdown
+
+    base = {"benchmark": "b", "done": True, "a_last": 0.5, "a_avg": 0.6, "forgetting": 0.1, "task_aware_a_last": 0.9,
+            "grad_norm_start": 0.2}
+    runs = pd.DataFrame([
+        {**base, "method": "trm", "seed": 0, "reconstruction": "everything beyond the abstract"},
+        {**base, "method": "trm", "seed": 1, "reconstruction": "everything beyond the abstract"},
+        {**base, "method": "seq-lora", "seed": 0, "reconstruction": ""},
+    ])
+    md = markdown(aggregate(runs), "t")
+    assert "| b | trm† |" in md and "| b | seq-lora |" in md and "seq-lora†" not in md
+    assert "- `trm`: everything beyond the abstract" in md and md.count("- `") == 1

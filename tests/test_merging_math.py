@@ -198,3 +198,30 @@ def test_average_task_arithmetic_coma_cofima_hand_worked():
     assert M.cofima(prev, new, f_prev, f_new, 0.5)["w"].tolist() == [2.0, 3.0, 2.0, 1.5]
     # Clip at 1: F0 = 3 → 1, so the last entry becomes (1 + 3)/2 = 2.
     assert M.cofima(prev, new, f_prev, f_new, 0.5, fisher_max=1.0)["w"].tolist() == [2.0, 3.0, 2.0, 2.0]
+
+
+def test_cofima_weights_the_new_model_by_w_not_one_minus_w():
+    """w = 0.25 (weight of the new model): swapping w and 1 − w gives [2.5, 3, 2.5, 2.0] instead."""
+    prev = {"w": torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)}
+    new = {"w": torch.tensor([3.0, 3.0, 3.0, 3.0], dtype=torch.float64)}
+    f_prev = {"w": torch.tensor([1.0, 0.0, 0.0, 3.0], dtype=torch.float64)}
+    f_new = {"w": torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)}
+    # (0.75·F0·1 + 0.25·F1·3) / (0.75·F0 + 0.25·F1): [1.5, 3, CoMA 0.75 + 0.75 = 1.5, (2.25 + 0.75)/2.5 = 1.2]
+    out = M.cofima(prev, new, f_prev, f_new, 0.25)["w"]
+    torch.testing.assert_close(out, torch.tensor([1.5, 3.0, 1.5, 1.2], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert M.coma(prev, new, 0.25)["w"].tolist() == [1.5] * 4
+
+
+def test_ties_entry_whose_masses_cancel_merges_to_zero():
+    """Elected sign γ = sgn(Σ τ̂) = 0 (masses +3 and −3): the entry merges to 0, online and batch, although both
+    sides have agreeing entries; the other entry is the ordinary disjoint mean."""
+    tvs = [{"w": torch.tensor([3.0, 1.0], dtype=torch.float64)},
+           {"w": torch.tensor([-1.0, 2.0], dtype=torch.float64)},
+           {"w": torch.tensor([-2.0, -1.0], dtype=torch.float64)}]
+    batch = M.ties_merge(tvs, density=1.0, lam=1.0)
+    acc = None
+    for tv in tvs:
+        acc = M.ties_accumulate(acc, M.ties_trim(tv, 1.0))
+    online = M.ties_resolve(acc, lam=1.0)
+    for out in (batch, online):
+        assert out["w"].tolist() == [0.0, 1.5]

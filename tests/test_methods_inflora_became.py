@@ -14,7 +14,7 @@ import torch
 
 from harness import subspace as S
 from harness.backbone import BackboneConfig, CLModel
-from harness.became_math import became_lambda, objective, quad
+from harness.became_math import became_lambda, bilinear, objective, quad
 from harness.config import ExecConfig, RunConfig, TrainConfig, resolve
 from harness.errors import ConfigError
 from harness.method import MethodContext
@@ -140,20 +140,39 @@ def _dicts(seed: int):
     return delta, f_old, f_new
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_became_lambda_minimises_the_segment_objective_on_a_dense_grid(seed):
-    delta, f_old, f_new = _dicts(seed)
-    old, new = quad(f_old, delta), quad(f_new, delta)
+def _posterior_on_segment(grid, theta_prev, theta_gp, theta_hat, f_old, f_new) -> torch.Tensor:
+    """Q(θ(λ)) of the stated objective, evaluated entry by entry on the points θ(λ) = θ^GP + λ(θ̂ − θ^GP):
+    Σ_p F_old[p](θ_p − θ*_{t−1,p})² + F_new[p](θ_p − θ̂_p)² (no algebra of the code under test)."""
     flat = lambda d: torch.cat([v.flatten() for v in d.values()])  # noqa: E731
-    assert math.isclose(old, float((flat(f_old) * flat(delta) ** 2).sum()), rel_tol=1e-12)
-    lam = became_lambda(delta, f_old, f_new)
-    # brute force: q(λ) = Σ_p F_old[p](λΔ_p)² + F_new[p]((1−λ)Δ_p)², evaluated coordinate-wise on a grid
-    grid = torch.linspace(-0.5, 1.5, 20001, dtype=torch.float64)
-    q = ((flat(f_old) * flat(delta) ** 2)[None] * grid[:, None] ** 2
-         + (flat(f_new) * flat(delta) ** 2)[None] * (1 - grid[:, None]) ** 2).sum(1)
+    prev, gp, hat, fo, fn = map(flat, (theta_prev, theta_gp, theta_hat, f_old, f_new))
+    theta = gp[None] + grid[:, None] * (hat - gp)[None]
+    return (fo * (theta - prev) ** 2 + fn * (theta - hat) ** 2).sum(1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("with_gp_step", [False, True])
+def test_became_lambda_minimises_the_posterior_on_the_segment_by_brute_force(seed, with_gp_step):
+    """λ = argmin over [0, 1] of the Laplace objective on the segment θ^GP → θ̂, found on a grid of 20001 points;
+    with a gradient-projected step g = θ^GP − θ*_{t−1} that has old-Fisher mass along Δ, the cross term moves λ."""
+    delta, f_old, f_new = _dicts(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    theta_prev = {n: torch.randn(d.shape, generator=g, dtype=torch.float64) for n, d in delta.items()}
+    # g correlated with −Δ (the stage-1 step points partly against the stage-2 one) or 0
+    step = {n: (-0.6 * d + 0.3 * torch.randn(d.shape, generator=g, dtype=torch.float64)) if with_gp_step
+            else torch.zeros_like(d) for n, d in delta.items()}
+    theta_gp = {n: theta_prev[n] + step[n] for n in delta}
+    theta_hat = {n: theta_gp[n] + delta[n] for n in delta}
+    lam = became_lambda(delta, f_old, f_new, gp_step=step)
+    grid = torch.linspace(0.0, 1.0, 20001, dtype=torch.float64)
+    q = _posterior_on_segment(grid, theta_prev, theta_gp, theta_hat, f_old, f_new)
     assert abs(lam - float(grid[q.argmin()])) <= 1e-4
-    assert objective(lam, old, new) <= float(q.min()) + 1e-12
     assert 0.0 <= lam <= 1.0
+    old, new, cross = quad(f_old, delta), quad(f_new, delta), bilinear(f_old, step, delta)
+    assert objective(lam, old, new, cross, quad(f_old, step)) <= float(q.min()) + 1e-9
+    if with_gp_step:  # the case where the term matters: dropping it gives another λ
+        assert abs(became_lambda(delta, f_old, f_new) - lam) > 0.05
+    else:
+        assert became_lambda(delta, f_old, f_new) == lam
 
 
 def test_became_lambda_edge_cases():
@@ -294,8 +313,8 @@ def test_became_merges_on_the_segment_with_the_fisher_lambda(float64):
     f_old = dict(method.fisher)
     f_new = method.task_fisher(model, t0, data)
     delta = {n: d_hat[n] - d_gp[n] for n in d_hat}
-    lam = became_lambda(delta, f_old, f_new)
-    assert 0.0 < lam < 1.0
+    lam = became_lambda(delta, f_old, f_new, gp_step=d_gp)  # θ*_{t−1} = w0, θ^GP = w0 + d_gp
+    assert 0.0 < lam < 1.0 and lam != became_lambda(delta, f_old, f_new)
     method.end_task(model, t0, data)
     assert method.record["lambda"] == pytest.approx(lam, rel=1e-12)
     for n, w in model.merged_weights().items():

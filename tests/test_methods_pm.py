@@ -28,11 +28,12 @@ def make_model() -> CLModel:
     return CLModel(BackboneConfig(preset="vit-micro-test"))
 
 
-def make_method(name: str, **params) -> Method:
+def make_method(name: str, seed: int = 0, **params) -> Method:
     cls = get_method(name)
     cfg = RunConfig(
         benchmark="split-digits-2x5",
         method=name,
+        seed=seed,
         backbone=BackboneConfig(preset="vit-micro-test"),
         train=TrainConfig(batch_size=4, temperature=2.0),
         method_params=params,
@@ -78,46 +79,6 @@ def capture(model: CLModel, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, to
         for h in handles:
             h.remove()
     return seen
-
-
-# ---- Fisher ------------------------------------------------------------------------------------------------------
-
-
-def test_fisher_equals_brute_force_gradient_wrt_explicit_effective_weights():
-    model = make_model()
-    model.add_adapter("old", seed=1)
-    model.double()
-    randomize(model, "old", 2)
-    model.fold_adapter("old", 0.4)  # merged weights ≠ W0
-    model.heads.add(N_CLS, seed=3)
-    model.add_adapter("cur", seed=4)
-    model.double()
-    randomize(model, "cur", 5)
-    data = FakeData(make_task(0), seed=6)
-    batches = list(data.batches(4))  # sizes 4, 4, 2
-    loss_fn = lambda x, y: F.cross_entropy(model.heads.heads[-1](model.features(x)) / 2.0, y)  # noqa: E731
-    model.train()
-    fisher = empirical_fisher(model, batches, loss_fn)
-    assert model.training
-    assert all(p.grad is None for p in model.parameters())
-
-    layers = model.lora_layers()
-    brute = {n: torch.zeros_like(f) for n, f in fisher.items()}
-    for x, y in batches:
-        leaves = {n: (m.get_base_layer().weight + m.lora_B["cur"].weight @ m.lora_A["cur"].weight * m.scaling["cur"])
-                  .detach().requires_grad_(True) for n, m in layers.items()}
-        handles = [m.register_forward_hook(lambda mod, a, out, n=n: F.linear(a[0], leaves[n], mod.get_base_layer().bias))
-                   for n, m in layers.items()]
-        model.eval()
-        grads = torch.autograd.grad(loss_fn(x, y), list(leaves.values()))
-        for h in handles:
-            h.remove()
-        for n, g in zip(leaves, grads):
-            brute[n] += g.square()
-    for n in fisher:
-        assert fisher[n].dtype == torch.float64 and fisher[n].shape == layers[n].get_base_layer().weight.shape
-        torch.testing.assert_close(fisher[n], brute[n] / len(batches), rtol=1e-10, atol=1e-22)
-        assert float(fisher[n].sum()) > 0
 
 
 # ---- P&M perturbation --------------------------------------------------------------------------------------------
@@ -205,6 +166,28 @@ def test_pm_draws_are_seeded_and_the_loss_is_one_of_the_three_perturbed_losses()
     assert lm.params.perturbation == "none" and make_method("pm-gauss").params.perturbation == "gaussian"
 
 
+def test_pm_signs_are_uniform_over_the_three_values_within_binomial_bounds():
+    """3000 draws: each count ~ Binomial(3000, 1/3), mean 1000, sd 25.8; ±5 sd catches e.g. p = (0.4, 0.3, 0.3)."""
+    method = make_method("pm")
+    method.begin_task(make_model(), make_task(0))
+    draws = [method.draw_sign() for _ in range(3000)]
+    counts = {s: draws.count(s) for s in SIGNS}
+    sd = (3000 * (1 / 3) * (2 / 3)) ** 0.5
+    assert sum(counts.values()) == 3000
+    assert all(abs(c - 1000) < 5 * sd for c in counts.values()), counts
+    assert method._counts == [counts[0], counts[1], counts[-1]]
+
+
+def test_pm_draws_follow_the_run_seed():
+    def draws(seed: int, task: int = 1) -> list[int]:
+        m = make_method("pm", seed=seed)
+        m.begin_task(make_model(), make_task(task))
+        return [m.draw_sign() for _ in range(40)]
+
+    assert draws(0) == draws(0) and draws(3) == draws(3)
+    assert draws(0) != draws(3)
+
+
 # ---- merges against the batch formulas ---------------------------------------------------------------------------
 
 
@@ -243,8 +226,8 @@ def expected_merge(name: str, params, taus: list, seed: int = 0) -> dict:
         return M.average(taus)
     if name == "task-arith":
         return M.task_arithmetic(taus, params.lam)
-    if name == "dare":
-        return M.average([M.dare(t, params.p, generator(seed, "dare", i)) for i, t in enumerate(taus)])
+    if name == "dare":  # the τ̃_i hold the dropped ΔW_i already (see the test)
+        return M.average(taus)
     if name == "ties":
         return M.ties_merge(taus, params.density, params.lam)
     if name == "magmax":
@@ -276,6 +259,8 @@ def test_task_vector_methods_start_and_merge_as_documented(name, params):
         adapter = method.adapter_name(task)
         randomize(model, adapter, 40 + i)
         delta = model.delta(adapter)
+        if name == "dare":  # DARE drops and rescales the task's own ΔW_t only, never the start's part
+            delta = M.dare(delta, method.params.p, generator(0, "dare", i))
         taus.append({n: start[n] + delta[n] for n in delta})
         method.end_task(model, task, None)
         merged = expected_merge(name, method.params, taus)
@@ -284,28 +269,50 @@ def test_task_vector_methods_start_and_merge_as_documented(name, params):
         assert model.adapters() == []
 
 
-def test_coma_and_cofima_merge_as_documented():
-    for name in ("coma", "cofima"):
-        model, method = make_model(), make_method(name)
-        f_prev = None
-        for i in range(2):
-            task = make_task(i)
-            adapter = begin(method, model, task, seed=50 + i)
-            data = FakeData(task, seed=60 + i)
-            prev = weights(model)
-            delta = {n: d.to(torch.float64) for n, d in model.delta(adapter).items()}
-            new = {n: prev[n] + delta[n] for n in prev}
-            f = empirical_fisher(model, data.batches(4), lambda x, y: Method.training_loss(method, model, x, y, task))
-            method.end_task(model, task, data)
-            if i == 0:
-                expected = new  # the first task is kept as trained
-            elif name == "coma":
-                expected = M.coma(prev, new, 0.5)
-            else:
-                expected = M.cofima(prev, new, f_prev, f, 0.5, 1e-4)
-            for n, w in weights(model).items():
-                torch.testing.assert_close(w, expected[n], rtol=1e-10, atol=1e-12)
-            f_prev = {n: v.float() for n, v in f.items()}
+def test_dare_keeps_the_previous_merge_when_the_new_task_adds_nothing():
+    """start "merged", ΔW_2 = 0: τ̃_2 = D̂_1 + DARE(0) = D̂_1, so D̂_2 = mean(τ̃_1, D̂_1) = D̂_1 exactly — the merged
+    old entries are not dropped again (dropping τ_2 = D̂_1 + ΔW_2 would zero about half of them)."""
+    model, method = make_model().double(), make_method("dare")
+    w0 = weights(model)
+    for i in range(2):
+        task = make_task(i)
+        method.begin_task(model, task)
+        model.double()
+        if i == 0:
+            randomize(model, method.adapter_name(task), 45)
+        method.end_task(model, task, None)  # task 1's LoRA keeps B = 0: ΔW_2 = 0
+        if i == 0:
+            d1 = {n: w - w0[n] for n, w in weights(model).items()}
+            assert 0.3 < method.task_record(task)["kept_fraction"] < 0.7
+    for n, w in weights(model).items():
+        torch.testing.assert_close(w - w0[n], d1[n], rtol=1e-12, atol=1e-14)
+        assert float(d1[n].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name,w", [("coma", 0.5), ("cofima", 0.5), ("coma", 0.3), ("cofima", 0.3)])
+def test_coma_and_cofima_merge_as_documented(name, w):
+    model, method = make_model(), make_method(name, w=w)
+    assert method.fisher_estimator() == ("batch" if name == "cofima" else "per-sample")
+    f_prev = None
+    for i in range(2):
+        task = make_task(i)
+        adapter = begin(method, model, task, seed=50 + i)
+        data = FakeData(task, seed=60 + i)
+        prev = weights(model)
+        delta = {n: d.to(torch.float64) for n, d in model.delta(adapter).items()}
+        new = {n: prev[n] + delta[n] for n in prev}
+        f = empirical_fisher(model, data.batches(4), lambda x, y: Method.training_loss(method, model, x, y, task),
+                             "batch")
+        method.end_task(model, task, data)
+        if i == 0:
+            expected = new  # the first task is kept as trained
+        elif name == "coma":
+            expected = M.coma(prev, new, w)
+        else:
+            expected = M.cofima(prev, new, f_prev, f, w, 1e-4)
+        for n, wt in weights(model).items():
+            torch.testing.assert_close(wt, expected[n], rtol=1e-10, atol=1e-12)
+        f_prev = {n: v.float() for n, v in f.items()}
 
 
 def test_ewc_penalty_is_the_fisher_weighted_square_of_the_lora_product():
@@ -321,6 +328,25 @@ def test_ewc_penalty_is_the_fisher_weighted_square_of_the_lora_product():
     assert float(pen.detach()) == pytest.approx(expected, rel=1e-6)  # Fisher stored in fp32
     pen.backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.adapter_parameters(name)[1::2])
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.2])
+def test_ewc_online_fisher_is_the_source_ema_over_tasks(decay):
+    """F starts at 0 (MagMax code's EMA): after task 1 F = (1−d)·F_1, after task 2 d(1−d)·F_1 + (1−d)·F_2, after
+    task 3 d²(1−d)·F_1 + d(1−d)·F_2 + (1−d)·F_3, each F_t the argmax-label batch Fisher at task t's end point."""
+    model, method = make_model(), make_method("ewc", lam=10.0, decay=decay)
+    fs = []
+    for i in range(3):
+        task = make_task(i)
+        begin(method, model, task, seed=90 + i)
+        data = FakeData(task, seed=95 + i)
+        fs.append(empirical_fisher(model, data.batches(4), method._fisher_loss(model, task), "batch"))
+        method.end_task(model, task, data)
+        k = len(fs)
+        for n, f in method.fisher.items():
+            expected = sum((1 - decay) * decay ** (k - 1 - j) * fj[n] for j, fj in enumerate(fs))
+            torch.testing.assert_close(f, expected.float(), rtol=1e-5, atol=0)
+    assert all(float(f.sum()) > 0 for f in fs[-1].values())
 
 
 @pytest.mark.parametrize("name", MINE)

@@ -3,6 +3,8 @@ each method's merge inside a real two-task run on the tiny test ViT."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from harness.seeding import generator
 from harness.trainer import build, run_tasks
 from methods.pam import lora_delta
 from tests.conftest import FAST
+from tests.fakes import make_task
 
 QUIET = ExecConfig(progress=False)
 
@@ -40,6 +43,8 @@ def test_quotas_hand_worked_and_sum_to_n():
     assert M.quotas(10, [1, 1, 1]) == [4, 3, 3]  # remainder 1, round-robin from task 1
     assert M.quotas(11, [1, 1, 1]) == [4, 4, 3]
     assert M.quotas(100, [0.29, 0.71]) == [29, 71]  # exact: float n·w would floor 28.999… to 28
+    # here the round-robin remainder cannot rescue a float floor: it would give the lost entry to task 1 → [72, 28]
+    assert M.quotas(100, [0.71, 0.29]) == [71, 29]
     assert M.quotas(5, [0, 1, 1]) == [0, 3, 2]  # the round-robin skips zero-weight tasks
     assert M.quotas(7, [0, 1]) == [0, 7]
     assert M.quotas(12, [2, 4, 6]) == M.quotas(12, [1 / 6, 1 / 3, 1 / 2]) == [2, 4, 6]  # raw counts or fractions
@@ -198,6 +203,46 @@ def test_tunable_magmax_params_are_validated():
             Params(preference=bad).validate("m")
     with pytest.raises(ConfigError):  # one weight per task of the stream
         build(resolve("split-digits-2x5", "tunable-magmax", overrides={**FAST, "method.preference": [1, 2, 3]}), QUIET)
+
+
+@pytest.mark.parametrize("start", ["sequential", "pretrained", "merged"])
+def test_tunable_magmax_stores_lora_factors_and_merges_exactly_the_dense_task_vectors(start):
+    """The state holds each task's (A, B) (plus the dense start only for start "merged"); the merge after every task
+    is bit-identical to `tunable_magmax` on the dense τ_i the test forms itself from the trained LoRA products."""
+    from harness.config import RunConfig, TrainConfig
+    from harness.method import MethodContext
+    from harness.registry import get_method
+    from tests.test_methods_pm import make_model, randomize, weights
+
+    params = {"start": start, "preference": [1.0, 2.0, 4.0]}
+    cfg = RunConfig(benchmark="split-digits-2x5", method="tunable-magmax", backbone=BackboneConfig(preset="vit-micro-test"),
+                    train=TrainConfig(batch_size=4), method_params=params)
+    stream = SimpleNamespace(tasks=[make_task(i) for i in range(3)])
+    cls = get_method("tunable-magmax")
+    model, method = make_model().double(), cls(cls.Params(**params), MethodContext(cfg, stream, torch.device("cpu")))
+    w0 = weights(model)
+    taus, merged = [], None
+    for i in range(3):
+        task = make_task(i)
+        method.begin_task(model, task)
+        model.double()
+        adapter = method.adapter_name(task)
+        randomize(model, adapter, 60 + i)
+        delta = model.delta(adapter)
+        start_tv = (None if i == 0 or start == "pretrained" else merged if start == "merged" else taus[-1])
+        taus.append({n: (start_tv[n] + d if start_tv is not None else d).to(torch.float64) for n, d in delta.items()})
+        method.end_task(model, task, None)
+        want = M.tunable_magmax(taus, [1.0, 2.0, 4.0][: i + 1], 0.5, generator(0, "tunable-magmax", i))
+        merged = want
+        for n, w in weights(model).items():
+            assert torch.equal(w, w0[n] + want[n])
+    acc = method.acc_state()
+    assert len(acc["factors"]) == 3 and "tvs" not in acc
+    for fac in acc["factors"]:
+        for n, (a, b) in fac.items():
+            r = model._lora_config.r
+            assert a.shape == (r, w0[n].shape[1]) and b.shape == (w0[n].shape[0], r)
+    assert all((s is None) == (start != "merged") or i == 0 for i, s in enumerate(acc["starts"]))
 
 
 def test_tunable_magmax_run_merges_the_stored_task_vectors():
