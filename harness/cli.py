@@ -153,7 +153,7 @@ def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> 
 
     runs = collect(cells)
     if update:
-        env = dict(load_result(cells[0])["environment"]) if runs["done"].all() else {}
+        env = dict(load_result(cells[0])["env"]) if runs["done"].all() else {}
         path = write_reference(name, runs, env, f"clmerge reproduce {name} --update-reference", wall_s)
         print(f"\nreference written: {path} ({len(runs)} cells); commit it with the README table it backs")
         return 0
