@@ -432,3 +432,23 @@ def _grid_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
     if recon:
         out = out.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(recon) + "\n\\end{table}")
     return out
+
+
+def aggregate_latex(agg: pd.DataFrame, name: str, columns: list[tuple[str, str]]) -> str:
+    """A grid report's aggregate (harness/report.py `aggregate`) as a booktabs table: mean ± std in %, n."""
+    import math
+
+    def cell(mean: float, std: float) -> str:
+        if math.isnan(mean):
+            return "--"
+        return f"{100 * mean:.2f}" + (rf"$\pm${100 * std:.2f}" if not math.isnan(std) else "")
+
+    table = agg[["benchmark", "method"]].map(tex_escape)
+    for key, label in columns:
+        table[tex_escape(label).replace("A\\_last", r"$A_\mathrm{last}$").replace("A\\_avg", r"$A_\mathrm{avg}$")] = [
+            cell(m, s) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"])]
+    table["n"] = [f"{n}" if n == c else f"{n}/{c}" for n, c in zip(agg["n"], agg["cells"])]
+    table = table.rename(columns={"benchmark": "Benchmark", "method": "Method"})
+    head = _comment(f"clmerge grid report '{name}' (harness/report.py). Requires \\usepackage{{booktabs}}.")
+    caption = tex_escape(f"{name}: mean ± std over n seeds (%)")
+    return head + "\n" + _styler_latex(table, caption, f"tab:clmerge-{name}", "ll" + "r" * (len(columns) + 1), index=False)
