@@ -76,7 +76,7 @@ def _benchmark_problem(cfg: RunConfig) -> tuple[str, Problem | None]:
         if not os.path.exists(path):
             return "not prepared", Problem("class list missing", spec.name, f"the class list {f} does not exist",
                                            f"write {path} (one class name per line), then {_prepare_fix(spec)}")
-    return "not prepared", Problem("benchmark not prepared", spec.name, "no prepared cache (clmerge prepare writes it once)",
+    return "not prepared", Problem("benchmark not prepared", spec.name, "no prepared cache yet (decoded once, then read by every run)",
                                    _prepare_fix(spec))
 
 
