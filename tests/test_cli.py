@@ -61,7 +61,7 @@ def test_run_one_cell(results):
 def test_report_of_a_published_table_without_runs(results):
     p = clmerge("report", "pm-merging")
     assert p.returncode == 0, p.stderr
-    assert "| cifar100-10 | P&M | pm | A_last | – | 88.45 |" in p.stdout
+    assert "| cifar100-10 | P&M | pm† | A_last | – | 88.45 |" in p.stdout
     assert (results / "tables" / "pm-merging.tex").exists()
 
 
