@@ -51,13 +51,15 @@ def plot_delta(resolved: ResolvedTable, lines: list[Line], path: Path) -> bool:
         se2 = (ln.std**2 / ln.n if ln.n > 1 and _finite(ln.std) else 0.0) + (
             (p.std**2 / (ln.n_published or 1)) if p.std is not None else 0.0)
         color = VERDICT_COLORS.get(ln.verdict, "tab:purple")
-        ax.fill_betweenx([y - 0.4, y + 0.4], -ln.bound, ln.bound, color="tab:green", alpha=0.12, linewidth=0)
+        judged = ln.verdict in (REPRODUCED, DIFFERS)
+        ax.fill_betweenx([y - 0.4, y + 0.4], -ln.bound, ln.bound, color="tab:green" if judged else "tab:gray",
+                         alpha=0.12, linewidth=0)
         ax.errorbar(ln.delta, y, xerr=2 * math.sqrt(se2), fmt="o", color=color, ecolor=color, capsize=3, markersize=5)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{ln.entry.benchmark} · {ln.entry.label} · {METRICS[ln.entry.metric]}" for ln in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("Δ = ours − published (percentage points); shaded: ±bound (reproduced inside)")
+    ax.set_xlabel("Δ = ours − published (pp): dot ± 2 standard errors; shaded: ±bound (reproduced inside)")
     ax.grid(axis="x", alpha=0.3)
     left = len([ln for ln in lines if ln.entry.published is not None]) - len(rows)
     ax.set_title(f"{resolved.spec.name}: Δ per row" + (f" ({left} rows without our numbers not shown)" if left else ""),
