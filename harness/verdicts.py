@@ -42,7 +42,7 @@ VERDICT_RULE = (
     "differs otherwise. No verdict is drawn for: no implementation (no clmerge counterpart of the method or benchmark); "
     "failed (a cell recorded an error); not run (no finished seed); partial (k/n: fewer seeds finished than the table "
     "asks); no reference (nothing published); protocol differs (published under another backbone, split, class order "
-    "or code base: ours and Δ are shown)."
+    "or code base: ours and Δ are shown); published conflict (the source gives two numbers for one setting)."
 )
 
 
