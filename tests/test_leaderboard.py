@@ -356,3 +356,18 @@ def test_published_typos_are_errors(tmp_path, monkeypatch):
         _reference(tmp_path / match.replace(" ", "_").replace("'", ""), monkeypatch, SYN_TABLE, published=PUBLISHED + [row])
         with pytest.raises(ConfigError, match=match):
             lb.load_published()
+
+
+def test_results_are_checked_against_their_cell(tmp_path):
+    cells = [c for c in lb.table_cells("smoke") if c.method == "seq-lora"]
+    root = tmp_path / "results"
+    good = _result(cells[0], 0.5, 0.6)
+    wrong_id = {**_result(cells[1], 0.5, 0.6), "run_id": cells[0].run_id()}  # its config is right, its run_id is not
+    wrong_cfg = _result(cells[2], 0.5, 0.6)
+    wrong_cfg["config"] = {**wrong_cfg["config"], "seed": 7}  # right run_id, config of another run
+    for cfg, r in zip(cells, (good, wrong_id, wrong_cfg)):
+        atomic_write_json(run_dir(cfg, root) / "result.json", r)
+    found = lb.load_cell_results(cells, root)
+    assert list(found.results) == [cells[0].run_id()]
+    assert "run_id" in found.mismatched[cells[1].run_id()]
+    assert "config hashes to" in found.mismatched[cells[2].run_id()]
