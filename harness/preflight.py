@@ -36,7 +36,7 @@ class Readiness:
     ready: list[RunConfig]
     unready: list[RunConfig]
     problems: list[Problem]
-    prepared: dict[str, str]  # benchmark → state for the plan ("prepared", "not prepared", "embedded")
+    prepared: dict[str, str]  # benchmark → state for the plan ("prepared: <split rule>", "not prepared", "embedded")
 
     @property
     def ok(self) -> bool:
@@ -60,6 +60,20 @@ def needs_class_list(spec) -> bool:
     return spec.source.domains is not None and spec.num_classes < DOMAINNET_CLASSES
 
 
+def _split_rule(benchmark: str) -> str:
+    """How the prepared cache was split (its manifest's `split_rule`, shortened), so the plan shows which split the
+    runs will use (e.g. the official CUB split, not the PILOT folder a paper used)."""
+    import json
+
+    from harness.prepare import prepared_dir
+
+    try:
+        rule = json.loads((prepared_dir(benchmark) / "manifest.json").read_text()).get("split_rule", "?")
+    except (OSError, ValueError):
+        return "manifest unreadable"
+    return str(rule).split(" (")[0]
+
+
 def _benchmark_problem(cfg: RunConfig) -> tuple[str, Problem | None]:
     from harness.cache import is_prepared
     from harness.config import run_spec
@@ -69,7 +83,7 @@ def _benchmark_problem(cfg: RunConfig) -> tuple[str, Problem | None]:
     if spec.source.kind != "images":
         return "embedded", None
     if is_prepared(spec.name):
-        return "prepared", None
+        return f"prepared: {_split_rule(spec.name)}", None
     if spec.source.classes_file is not None:
         f = spec.source.classes_file
         path = f if os.path.isabs(f) else str(datasets_dir() / f)

@@ -53,7 +53,8 @@ def test_prepared_benchmark_and_weights_file_make_cells_ready(empty, tmp_path):
     assert [c.run_id() for c in r.ready] == [ok.run_id(), digits.run_id()]
     assert {(p.kind, p.subject) for p in r.problems} == {("benchmark not prepared", "imagenet-r-20"),
                                                           ("backbone weights missing", "vit-b16-in21k-ft-in1k")}
-    assert r.prepared == {"imagenet-r-10": "prepared", "imagenet-r-20": "not prepared", "split-digits": "embedded"}
+    assert r.prepared == {"imagenet-r-10": "prepared: seeded stratified split", "imagenet-r-20": "not prepared",
+                          "split-digits": "embedded"}
     assert "Or run the 2 ready cells only with --skip-unready." in preflight.message(r, "x")
 
 
