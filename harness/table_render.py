@@ -102,12 +102,14 @@ def _notes(lines: list[Line]) -> tuple[dict[int, list[int]], list[str]]:
     return refs, texts
 
 
-def _reconstructions(lines: list[Line]) -> list[str]:
-    """One footnote per reconstructed clmerge method in the table."""
+def _reconstructions(lines: list[Line], tex: bool = False) -> list[str]:
+    """One footnote per reconstructed clmerge method in the table (Markdown, or LaTeX with `tex`)."""
     seen: dict[str, str] = {}
     for ln in lines:
         if ln.entry.reconstruction and ln.entry.method not in seen:
             seen[ln.entry.method] = ln.entry.reconstruction  # type: ignore[index]
+    if tex:
+        return [rf"$^\dagger$ \texttt{{{tex_escape(m)}}} is (partly) a reconstruction: {tex_escape(t)}" for m, t in seen.items()]
     return [f"{RECONSTRUCTED} `{m}` is (partly) a reconstruction: {text}" for m, text in seen.items()]
 
 
@@ -413,7 +415,7 @@ def _paper_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
         caption += ". Protocol differs from the published one: indicative only"
     caption = (tex_escape(caption) + r". Ours: mean $\pm$ std over the finished seeds; marks: " + TEX_MARK_LEGEND + ".")
     out = _styler_latex(table, caption, f"tab:clmerge-{spec.name}", "l" + "rr" * len(columns))
-    foot = [tex_escape(r) for r in _reconstructions(lines)] + [f"{i}. {tex_escape(t)}" for i, t in enumerate(notes, 1)]
+    foot = _reconstructions(lines, tex=True) + [f"{i}. {tex_escape(t)}" for i, t in enumerate(notes, 1)]
     if foot:
         note_block = "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(foot) + "\n"
         out = out.replace("\\end{table}", note_block + "\\end{table}")
@@ -428,7 +430,7 @@ def _grid_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
     table.columns = ["Benchmark", "Method", *(TEX_METRICS[m] for m in metrics), "n"]
     caption = tex_escape(spec.title or spec.description) + r". Mean $\pm$ std over n seeds."
     out = _styler_latex(table, caption, f"tab:clmerge-{spec.name}", "ll" + "r" * len(metrics) + "r", index=False)
-    recon = [tex_escape(r) for r in _reconstructions(lines)]
+    recon = _reconstructions(lines, tex=True)
     if recon:
         out = out.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(recon) + "\n\\end{table}")
     return out

@@ -301,7 +301,7 @@ def test_latex_is_balanced_and_escaped(tmp_path, monkeypatch):
     columns = 1 + 2 * 3  # split-digits A_last, split-digits A_avg, cifar100-10 A_last
     assert all(len(re.findall(r"(?<!\\)&", ln)) == columns - 1 for ln in rows)
     assert re.search(r"^LoRA & -- & 50\.00.* & -- & 70\.00", body, re.M)
-    assert r"P\&M$^\dagger$" in tex and r"$^\dagger$ `pm` is (partly) a reconstruction" in tex  # marked + footnote
+    assert r"P\&M$^\dagger$" in tex and r"$^\dagger$ \texttt{pm} is (partly) a reconstruction" in tex  # marked + footnote
     assert "first remark" in tex and r"\textsuperscript{" in tex  # notes as in the Markdown
     from harness.table_render import tex_escape
 
