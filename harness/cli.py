@@ -61,7 +61,13 @@ def cmd_run(args) -> int:
     from harness.config import ExecConfig, parse_set, resolve
     from harness.run import execute
 
+    from harness import preflight
+
     cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
+    readiness = preflight.check([cfg])
+    if not readiness.ok:
+        print(preflight.message(readiness, f"{cfg.benchmark} × {cfg.method}", skip_hint=False), file=sys.stderr)
+        return 2
     outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if outcome.status in ("done", "skipped"):
@@ -98,19 +104,25 @@ def _target(name_or_file: str, seeds: int | None = None):
 
 
 def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -> int:
-    from harness.dispatch import dispatch, pending
+    from harness.dispatch import dispatch
     from harness.run import clear
+
+    from harness import plan, preflight
 
     name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None))
     if not cells:
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
+    readiness = preflight.check(cells)
     if args.dry_run:
-        todo = {c.run_id() for c in pending(cells)}
-        for c in cells:
-            state = "pending" if c.run_id() in todo else "finished"
-            print(f"{c.run_id()}  {c.benchmark:<16} {c.method:<16} seed={c.seed:<3} order_seed={c.order_seed}  {state}")
-        print(f"{len(cells)} cells, {len(todo)} to run")
+        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None))))
         return 0
+    if not readiness.ok:
+        if not args.skip_unready:
+            print(preflight.message(readiness, name), file=sys.stderr)
+            return 2
+        print(f"--skip-unready: skipping {len(readiness.unready)} cells with missing inputs "
+              + "; ".join(f"{p.kind}: {p.subject} ({len(p.cells)})" for p in readiness.problems))
+        cells = readiness.ready
     if args.executor == "slurm":
         return _run_grid_slurm(name, cells, args, show_report if report_after else None)
     if args.profile or args.wait:
@@ -163,6 +175,15 @@ def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> 
     rows = compare(runs, reference)
     print("\n" + render(rows, reference, name))
     return 0 if all_reproduced(rows) else 1
+
+
+def _resolved_table(name_or_file: str, seeds):
+    """The resolved published table behind `name_or_file` (for the plan), None for a grid."""
+    if _is_grid(name_or_file):
+        return None
+    from harness.leaderboard import resolve_table
+
+    return resolve_table(name_or_file, seeds)
 
 
 def _failed(cells):
@@ -349,7 +370,10 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="slurm: block until every submitted cell finished or failed")
     p.add_argument("--retry-failed", action="store_true",
                    help="run only the cells that failed (error recorded, or their job ended without a result)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells to run / done / failed per benchmark × method, inputs, overrides); run nothing")
+    p.add_argument("--skip-unready", action="store_true",
+                   help="run the cells whose inputs are ready; skip (and name) those with missing data or weights")
     p.add_argument("--max-parallel", type=int, default=None, help="jobs in flight at once (local; default: CPU count)")
     p.add_argument("--cells-per-job", type=int, default=None,
                    help="cells run one after another in each job (default: 1 for grid; reproduce packs ~3 jobs per worker)")

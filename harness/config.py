@@ -113,6 +113,18 @@ def _number(value: Any) -> Any:
     return value
 
 
+SEED_LIMIT = 2**32  # NumPy's legacy RandomState (class orders, splits) takes seeds in [0, 2**32)
+
+
+def check_seed(value: Any, where: str, optional: bool = False) -> None:
+    """A training or class-order seed: an integer in [0, 2**32) (None allowed for an optional one), else ConfigError."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        valid = "an integer in [0, 2**32)" + (" or null (the benchmark's own)" if optional else "")
+        raise ConfigError(f"{where}: must be {valid}, got {value!r}")
+
+
 def resolve(
     benchmark: str,
     method: str,
@@ -149,6 +161,8 @@ def resolve(
             continue
         section, name = key.split(".", 1)
         {"train": train, "backbone": backbone, "method": params}[section][name] = value
+    for key in ("seed", "order_seed"):
+        check_seed(top[key], f"{where}: {key}", optional=key == "order_seed")
     params_obj = from_dict(method_cls.Params, params, f"{where} (method {method!r})")
     if spec.class_order == "natural" or isinstance(spec.class_order, list):
         top["order_seed"] = None  # the seed has no effect: do not let it split identical runs

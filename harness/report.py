@@ -43,6 +43,7 @@ def collect(cells: list[RunConfig], root: Path | None = None):
     for c in cells:
         r = load_result(c, root)
         row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
+        row["error"] = "" if r is not None else first_error_line(c, root)
         if r is not None:
             m = r["metrics"]
             row.update({k: m.get(k) for k, _ in COLUMNS})
@@ -51,6 +52,20 @@ def collect(cells: list[RunConfig], root: Path | None = None):
             row["grad_norm_start"] = start_grad_norm(r.get("grad_norms"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def first_error_line(cfg: RunConfig, root: Path | None = None) -> str:
+    """The first line of the error a cell's run recorded (error.json), '' when none."""
+    from harness.io import read_json
+    from harness.store import run_dir
+
+    f = run_dir(cfg, root) / "error.json"
+    if not f.exists():
+        return ""
+    try:
+        return (str(read_json(f).get("error", "")).strip().splitlines() or ["(no message)"])[0]
+    except (ValueError, OSError):
+        return "error.json unreadable"
 
 
 def start_grad_norm(grad_norms: list[dict] | None) -> float:
@@ -66,7 +81,8 @@ def aggregate(runs):
     out = []
     for (bench, method), g in runs.groupby(["benchmark", "method"], sort=False):
         done = g[g["done"]]
-        row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g))}
+        row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g)),
+               "failed": int((g["error"] != "").sum()) if "error" in g else 0}
         notes = [x for x in done.get("reconstruction", []) if isinstance(x, str) and x]
         row["reconstruction"] = notes[0] if notes else ""
         for key, _ in COLUMNS:
@@ -89,6 +105,7 @@ def markdown(agg, title: str) -> str:
     for _, r in agg.iterrows():
         vals = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS)
         n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
+        n += f" ({r['failed']} failed)" if r.get("failed") else ""
         gn = r.get("grad_norm_start_mean", math.nan)
         gn = "–" if math.isnan(gn) else f"{gn:.3g}"
         mark = RECON_MARK if r.get("reconstruction") else ""
@@ -111,6 +128,16 @@ def reconstruction_notes(agg) -> list[str]:
     out = [f"{RECON_MARK} reconstruction — parts of the method are not from public code or text (what is ours):"]
     out += [f"- `{m}`: {text}" for m, text in notes] + [""]
     return out
+
+
+def failed_lines(runs, name: str) -> list[str]:
+    """Markdown bullets for the cells whose run failed (first line of the error), and where to look."""
+    if "error" not in runs or not (runs["error"] != "").any():
+        return []
+    bad = runs[runs["error"] != ""]
+    out = ["**Failed cells** (not counted; n/N above)", ""]
+    out += [f"- {r.benchmark} × {r.method} × seed {r.seed} (run {r.run_id}): {r.error}" for r in bad.itertuples()]
+    return out + [f"- details and log tails: `clmerge status {name}`", ""]
 
 
 def plot(runs, path: Path, title: str) -> None:
@@ -149,12 +176,23 @@ def report(name: str, cells: list[RunConfig], root: Path | None = None) -> tuple
     root = Path(root or results_dir())
     runs = collect(cells, root)
     agg = aggregate(runs)
+    from harness.table_plots import plot_heatmap
+    from harness.table_render import aggregate_latex
+
     md = markdown(agg, f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished")
-    paths = {"markdown": root / "tables" / f"{name}.md", "csv": root / "tables" / f"{name}.csv", "plot": root / "plots" / f"{name}.png"}
+    md += "\n".join(failed_lines(runs, name))
+    paths = {"markdown": root / "tables" / f"{name}.md", "csv": root / "tables" / f"{name}.csv",
+             "latex": root / "tables" / f"{name}.tex", "plot": root / "plots" / f"{name}.png"}
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], agg.to_csv(index=False))
+    atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS))
     if runs["done"].any():
         plot(runs, paths["plot"], name)
+        for key, label in COLUMNS[:2]:  # A_last and A_avg: method × benchmark means
+            heat = agg.pivot_table(index="method", columns="benchmark", values=f"{key}_mean", sort=False) * 100
+            p = root / "plots" / f"{name}-heatmap-{key}.png"
+            if plot_heatmap(heat, p, f"{name}: {label} mean over seeds (%)"):
+                paths[f"heatmap:{key}"] = p
     else:
         paths.pop("plot")
     return md, paths

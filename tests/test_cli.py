@@ -48,7 +48,8 @@ def test_list_benchmarks_and_stream():
 
 def test_grid_dry_run(results):
     p = clmerge("grid", "smoke", "--dry-run")
-    assert p.returncode == 0 and "pending" in p.stdout and "cells" in p.stdout
+    assert p.returncode == 0 and "plan for smoke: 54 cells — 54 to run, 0 done, 0 failed" in p.stdout
+    assert "| split-digits | seq-lora | 3 | 0 | 0 | ready | embedded | 6 |" in p.stdout
 
 
 def test_run_one_cell(results):
@@ -60,7 +61,7 @@ def test_run_one_cell(results):
 def test_report_of_a_published_table_without_runs(results):
     p = clmerge("report", "pm-merging")
     assert p.returncode == 0, p.stderr
-    assert "| cifar100-10 | P&M | pm | A_last | – | 88.45 |" in p.stdout
+    assert "| cifar100-10 | P&M | pm† | A_last | – | 88.45 |" in p.stdout
     assert (results / "tables" / "pm-merging.tex").exists()
 
 

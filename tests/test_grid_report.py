@@ -63,6 +63,7 @@ def test_local_dispatch_skips_finished_and_report_matches_hand_computation(tmp_p
 
     md, paths = report("tiny", cells, results)
     assert paths["plot"].exists() and paths["plot"].stat().st_size > 1000
+    assert paths["heatmap:a_last"].read_bytes()[:4] == b"\x89PNG" and "seq-lora" in paths["latex"].read_text()
     for method in ("seq-lora", "joint"):
         a_last = [json.loads((run_dir(c, results) / "result.json").read_text())["metrics"]["a_last"] for c in cells if c.method == method]
         mean, std = np.mean(a_last) * 100, np.std(a_last, ddof=1) * 100
@@ -85,7 +86,9 @@ def test_debug_executor_and_failure_reporting(tmp_path, results, monkeypatch):
     assert [o.status for o in outcomes] == ["failed"]
     assert "merge exploded" in outcomes[0].message and "Traceback" in outcomes[0].traceback
     md, paths = report("tiny", cells, results)
-    assert "0/1" in md and "plot" not in paths  # nothing finished: no plot, the row shows 0 of 1
+    assert "0/1 (1 failed)" in md and "plot" not in paths  # failed, never "not run"; nothing finished: no plot
+    assert f"(run {cells[0].run_id()}): RuntimeError: merge exploded" in md and "clmerge status tiny" in md
+    assert "Traceback" not in md and r"\begin{tabular}" in paths["latex"].read_text()
 
 
 def test_report_with_partial_seeds_shows_n(tmp_path, results):

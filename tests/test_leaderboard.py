@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import re
 import textwrap
 
@@ -19,40 +18,11 @@ from tests.conftest import FAST
 REQUIRED_TABLES = {"pm-merging", "pm-ablation", "pm-inr10-cl", "inr-5-10-20", "trm", "smoke"}
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The verdict rule
+def test_verdict_rule_is_the_verdicts_module():
+    # the rule itself is tested in tests/test_verdicts.py; the leaderboard must use exactly it
+    from harness import verdicts
 
-
-@pytest.mark.parametrize(
-    "args, kwargs, expected",
-    [
-        ((80.0, 0.2, 3, 80.9), {}, "reproduced"),  # |Δ| 0.9 ≤ tolerance 1.0
-        ((80.0, 0.2, 3, 81.0), {}, "reproduced"),  # on the bound
-        ((80.0, 0.2, 3, 81.2), {}, "differs"),  # 1.2 > max(1.0, 0.4)
-        ((80.0, 1.0, 3, 81.9), {}, "reproduced"),  # 1.9 ≤ 2σ = 2.0
-        ((80.0, 1.0, 3, 77.9), {}, "differs"),  # symmetric: 2.1 > 2.0
-        ((80.0, 0.3, 3, 81.2, 0.4), {}, "differs"),  # σ = 0.5 → bound max(1.0, 1.0)
-        ((80.0, 0.3, 3, 81.2, 0.6), {}, "reproduced"),  # σ = √(0.09 + 0.36) ≈ 0.67 → bound 1.34
-        ((80.0, math.nan, 1, 81.5), {}, "differs"),  # one seed: no std, tolerance only
-        ((80.0, math.nan, 1, 81.5), {"tolerance": 2.0}, "reproduced"),
-        ((80.0, 5.0, 1, 81.5), {}, "differs"),  # a std with n = 1 is ignored
-        ((80.0, math.nan, 1, 80.0), {"tolerance": 0.0}, "reproduced"),
-        ((None, None, 0, 80.0), {}, "not run"),
-        ((math.nan, math.nan, 0, 80.0), {}, "not run"),
-        ((80.0, 0.1, 3, 80.0), {"implemented": False}, "no implementation"),
-        ((None, None, 0, 80.0), {"implemented": False}, "no implementation"),
-        ((80.0, 0.1, 3, 95.0), {"same_protocol": False}, "protocol differs"),
-        ((None, None, 0, 95.0), {"same_protocol": False}, "not run"),
-        ((80.0, 0.1, 3, None), {}, "no reference"),
-    ],
-)
-def test_verdict_rule(args, kwargs, expected):
-    assert lb.verdict(*args, **kwargs) == expected
-
-
-def test_default_tolerance_is_stated():
-    assert lb.DEFAULT_TOLERANCE == 1.0
-    assert "max(tolerance, 2σ)" in lb.VERDICT_RULE
+    assert lb.verdict is verdicts.verdict and lb.VERDICT_RULE is verdicts.VERDICT_RULE
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -87,9 +57,12 @@ def test_pm_tables_content():
         "imagenet-r-10", "imagenet-r-20", "imagenet-a-10", "domainnet-200-5", "cifar100-10", "cub200-10"}
     assert {e.method for e in merging.entries} == {"seq-lora", "avg", "dare", "coma", "pm"}
     value = {(e.benchmark, e.method): e.published.value for e in merging.entries}
-    assert value[("cifar100-10", "pm")] == 88.45  # A_last; 92.89 (likely A_avg) is not stored
+    assert value[("cifar100-10", "pm")] == 88.45  # A_last (92.89, likely A_avg, is in pm-seed with its note)
     assert value[("imagenet-r-10", "pm")] == 79.95
-    assert all(e.metric == "a_last" and e.same_protocol for e in merging.entries)
+    assert all(e.metric == "a_last" for e in merging.entries)
+    # split differences are shown, not called the same protocol: CUB (official vs PILOT folder), ImageNet-A (seeded)
+    assert {e.benchmark for e in merging.entries if not e.same_protocol} == {"cub200-10", "imagenet-a-10"}
+    assert all("split differs" in e.note for e in merging.entries if not e.same_protocol)
     ablation = lb.resolve_table("pm-ablation")
     per_module = [e for e in ablation.entries if "per-module" in e.published.id]
     assert len(per_module) == 3 and all(e.overrides.get("method.per_module") is True for e in per_module)
@@ -97,16 +70,49 @@ def test_pm_tables_content():
     assert all(not e.same_protocol for e in lb.resolve_table("trm").entries)  # indicative only
 
 
+def test_one_set_of_runs_has_one_published_number():
+    """No two rows of a table judge the same cells against different numbers, unless one is marked a conflict
+    (rows with another protocol draw no verdict: InfLoRA's two logged runs of one setting may share cells)."""
+    for name in lb.available_tables():
+        judged: dict[tuple, set] = {}
+        for e in lb.resolve_table(name).entries:
+            if e.cells and e.same_protocol and not e.conflict:
+                key = (e.metric, tuple(c.run_id() for c in e.cells))
+                judged.setdefault(key, set()).add(e.published.value if e.published else None)
+        assert all(len(v) == 1 for v in judged.values()), (name, [v for v in judged.values() if len(v) > 1])
+    ablation = {e.published.id: e for e in lb.resolve_table("pm-ablation").entries}
+    g10, p10 = ablation["pm-alpha/imagenet-r-10/global/a_last"], ablation["pm-ablation/imagenet-r-10/lora-pm/a_last"]
+    assert [c.run_id() for c in g10.cells] == [c.run_id() for c in p10.cells]  # same setting in clmerge …
+    assert g10.conflict and not p10.conflict  # … so the global-α number is shown as the paper's conflict
+
+
+def test_pm_seed_table_has_the_eight_numbers():
+    entries = lb.resolve_table("pm-seed").entries
+    got = {(e.benchmark, e.metric, e.published.value) for e in entries}
+    assert got == {("imagenet-r-10", "a_avg", 85.29), ("cub200-10", "a_last", 78.29), ("imagenet-a-10", "a_last", 56.57),
+                   ("imagenet-a-20", "a_last", 52.27), ("cifar100-10", "a_last", 92.89), ("imagenet-r-20", "a_avg", 82.77),
+                   ("imagenet-r-5", "a_last", 81.47), ("domainnet-10", "a_last", 84.35)}
+    assert all(e.published.provenance == "aggregator" and e.method == "pm" and e.cells for e in entries)
+    note = {e.benchmark: e.published.note for e in entries}
+    assert "88.45" in note["cifar100-10"] and "84.71" in note["domainnet-10"]
+    assert "checked against the paper" in note["imagenet-r-20"] and "checked against the paper" in note["imagenet-r-5"]
+
+
 def test_published_numbers_have_provenance_and_no_memory_numbers():
     rows = lb.load_published()
     assert len(rows) > 150
     assert {r.provenance for r in rows.values()} == {"paper-text", "official-log", "secondary-note", "aggregator"}
     values = {(r.method, r.benchmark, r.value) for r in rows.values()}
-    # numbers the notes mark as recalled from memory ([mem]) or as unverified claims must not be stored
-    for excluded in [("inflora", "cifar100-10", 86.51), ("inflora", "imagenet-r-10", 75.65), ("inflora", "imagenet-r-5", 77.52),
-                     ("pm", "cifar100-10", 92.89), ("pm", "imagenet-r-20", 82.77), ("pm", "imagenet-r-5", 81.47),
-                     ("pm", "domainnet-200-5", 84.35)]:
+    # numbers the notes mark as recalled from memory ([mem]) must not be stored
+    for excluded in [("inflora", "cifar100-10", 86.51), ("inflora", "imagenet-r-10", 75.65), ("inflora", "imagenet-r-5", 77.52)]:
         assert excluded not in values
+    # the seed's unverified list is stored only as what it is: aggregator numbers, never as paper text
+    seed = [r for r in rows.values() if r.id.startswith("pm-seed/")]
+    assert len(seed) == 8 and {r.provenance for r in seed} == {"aggregator"}
+    # P&M's own rows are not claimed to be checked against SD-LoRA's table image (they are not in it)
+    for r in rows.values():
+        if r.id.startswith("pm-inr10-cl/") and "/lora" in r.id:
+            assert "checked against SD-LoRA" not in r.note, r.id
     assert not any(r.value in (69.29, 71.32, 75.45, 91.53) for r in rows.values())  # CODA-Prompt / SLCA [mem]
 
 
@@ -116,6 +122,7 @@ def test_published_numbers_have_provenance_and_no_memory_numbers():
 PUBLISHED = [
     # id, benchmark, method, method_as_published, metric, value, std, provenance
     ("syn/seq", "split-digits", "seq-lora", "LoRA", "a_last", "50.00", "", "paper-text"),
+    ("syn/seq-avg", "split-digits", "seq-lora", "LoRA", "a_avg", "70.00", "", "paper-text"),
     ("syn/joint", "split-digits", "joint", "Joint", "a_avg", "88.0", ".5", "official-log"),
     ("syn/pm", "split-digits", "pm", "P&M", "a_last", "70.00", "", "secondary-note"),
     ("syn/planned", "split-digits", "future-merge", "Future", "a_last", "60.0", "", "aggregator"),
@@ -150,6 +157,7 @@ SYN_TABLE = """\
     seeds: [0, 1, 2]
     rows:
       - syn/seq
+      - syn/seq-avg
       - syn/joint
       - {ref: syn/pm, protocol: differs, note: "another split"}
       - syn/planned
@@ -174,7 +182,7 @@ def test_report_over_synthetic_runs_matches_hand_computation(tmp_path, monkeypat
     root = tmp_path / "results"
     resolved = lb.resolve_table("syn")
     by_id = {e.published.id: e for e in resolved.entries}
-    assert [e.implemented for e in resolved.entries] == [True, True, True, False, False]
+    assert [e.implemented for e in resolved.entries] == [True, True, True, True, False, False]
     assert "planned" in by_id["syn/planned"].missing and "no counterpart" in by_id["syn/paper"].missing
     cells = lb.table_cells("syn")
     assert len(cells) == 9 and {c.backbone.preset for c in cells} == {"vit-micro-test"}
@@ -183,34 +191,51 @@ def test_report_over_synthetic_runs_matches_hand_computation(tmp_path, monkeypat
     seq = [0.48, 0.50, 0.53]
     for cfg, v in zip(by_id["syn/seq"].cells, seq):
         atomic_write_json(run_dir(cfg, root) / "result.json", _result(cfg, v, v + 0.1))
-    joint = [0.90, 0.91]  # only 2 of 3 seeds finished
-    for cfg, v in zip(by_id["syn/joint"].cells, joint):
+    joint = [0.90, 0.91]  # only 2 of 3 seeds finished …
+    jcells = by_id["syn/joint"].cells
+    for cfg, v in zip(jcells, joint):
         atomic_write_json(run_dir(cfg, root) / "result.json", _result(cfg, v - 0.05, v))
-    cfg = by_id["syn/pm"].cells[0]
-    atomic_write_json(run_dir(cfg, root) / "result.json", _result(cfg, 0.75, 0.8))
+    # … and the third holds a result.json written for another cell (a copied directory): reported, not counted
+    atomic_write_json(run_dir(jcells[2], root) / "result.json", _result(jcells[0], 0.10, 0.10))
+    pcells = by_id["syn/pm"].cells
+    atomic_write_json(run_dir(pcells[0], root) / "result.json", _result(pcells[0], 0.75, 0.8))
+    atomic_write_json(run_dir(pcells[1], root) / "error.json",  # a failed cell: its error's first line is shown
+                      {"run_id": pcells[1].run_id(), "error": "RuntimeError: CUDA out of memory\nsecond line", "traceback": ""})
 
     md, paths = lb.write_report("syn", root)
     s_mean, s_std = 100 * np.mean(seq), 100 * np.std(seq, ddof=1)  # 50.33 ± 2.52
-    j_mean, j_std = 100 * np.mean(joint), 100 * np.std(joint, ddof=1)  # 90.50 ± 0.71
-    assert f"| split-digits | LoRA | seq-lora | A_last | {s_mean:.2f} ± {s_std:.2f} (3) | 50.00 | {s_mean - 50:+.2f} | reproduced |" in md
-    # Δ = +2.50 > max(1.0, 2·√(0.71² + 0.5²) = 1.73) → differs
-    assert f"| split-digits | Joint | joint | A_avg | {j_mean:.2f} ± {j_std:.2f} (2/3) | 88.0 ± 0.5 | +2.50 | differs |" in md
-    assert "| split-digits | P&M | pm | A_last | 75.00 (1/3) | 70.00 | +5.00 | protocol differs |" in md
-    assert "| split-digits | Future | future-merge | A_last | – | 60.0 | – | no implementation |" in md
-    assert "| cifar100-10 | L2P & Co_1 | – | A_last | – | 71.26 ± 0.44 | – | no implementation |" in md
+    s_bound = 2 * s_std / np.sqrt(3)  # 2.91 > Δ 0.33: reproduced (2σ would be 5.03)
+    assert (f"| split-digits | LoRA | seq-lora | A_last | {s_mean:.2f} ± {s_std:.2f} (3) | 50.00 | {s_mean - 50:+.2f} | "
+            f"{s_bound:.2f} | reproduced |") in md
+    # A_avg 60.33 vs 70.00: Δ −9.67 > 2.91 → differs
+    assert f"| split-digits | LoRA | seq-lora | A_avg | {s_mean + 10:.2f} ± {s_std:.2f} (3) | 70.00 | {s_mean - 60:+.2f} |" in md
+    assert "| differs |" in md
+    j_mean, j_std = 100 * np.mean(joint), 100 * np.std(joint, ddof=1)  # 90.50 ± 0.71: 2 of 3 seeds → no verdict
+    assert f"| split-digits | Joint | joint | A_avg | {j_mean:.2f} ± {j_std:.2f} (2/3) | 88.0 ± 0.5 | +2.50 |" in md
+    assert "| partial (2/3) |" in md
+    assert f"not counted (result does not match its cell): {run_dir(jcells[2], root) / 'result.json'}" in md
+    assert "| split-digits | P&M | pm† | A_last | 75.00 (1/3) | 70.00 | +5.00 | 1.00 | failed (1/3) |" in md
+    assert f"failed: split-digits × pm × seed 1 (run {pcells[1].run_id()}): RuntimeError: CUDA out of memory" in md
+    assert "second line" not in md and "clmerge status syn" in md
+    assert "| split-digits | Future | future-merge | A_last | – | 60.0 | – | – | no implementation |" in md
+    assert "| cifar100-10 | L2P & Co_1 | – | A_last | – | 71.26 ± 0.44 | – | – | no implementation |" in md
     assert "first remark" in md and "second remark" in md and "another split" in md
+    assert "† `pm` is (partly) a reconstruction" in md and "seq-lora†" not in md
     # footer: environment from the runs
     assert "torch 9.9.9" in md and "cuda:0 (NVIDIA H200)" in md and "seeds: 0, 1, 2" in md and "abcdef012345" in md
 
     rows = {r["ref"]: r for r in csv.DictReader(open(paths["csv"]))}
     assert float(rows["syn/seq"]["ours_mean"]) == pytest.approx(s_mean, abs=1e-3)
     assert float(rows["syn/seq"]["ours_std"]) == pytest.approx(s_std, abs=1e-3)
+    assert float(rows["syn/seq"]["bound"]) == pytest.approx(s_bound, abs=1e-3)
     assert (rows["syn/seq"]["n"], rows["syn/seq"]["cells"], rows["syn/seq"]["verdict"]) == ("3", "3", "reproduced")
-    assert (rows["syn/joint"]["n"], rows["syn/joint"]["verdict"]) == ("2", "differs")
+    assert (rows["syn/seq-avg"]["verdict"], rows["syn/joint"]["n"], rows["syn/joint"]["verdict"]) == ("differs", "2", "partial")
+    assert rows["syn/joint"]["n_published"] == "3" and rows["syn/pm"]["verdict"] == "failed"
+    assert rows["syn/pm"]["reconstruction"] and not rows["syn/seq"]["reconstruction"]
     assert rows["syn/joint"]["provenance"] == "official-log" and rows["syn/pm"]["same_protocol"] == "False"
-    for key in ("markdown", "csv", "latex", "plot_vs_published", "plot_curves", "matrix:split-digits:LoRA"):
+    for key in ("markdown", "csv", "latex", "plot_delta", "plot_curves", "matrix:split-digits:LoRA"):
         assert paths[key].exists() and paths[key].stat().st_size > 0, key
-    assert paths["plot_vs_published"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["plot_delta"].read_bytes()[:4] == b"\x89PNG"
     assert not list(paths["plot_curves"].parent.glob(".*.tmp*"))  # no temporary files left behind
 
 
@@ -218,10 +243,10 @@ def test_report_with_no_runs_shows_published_and_not_run(tmp_path, monkeypatch):
     _reference(tmp_path, monkeypatch, SYN_TABLE)
     md, paths = lb.write_report("syn", tmp_path / "results", plots=False)
     body = [ln for ln in md.splitlines() if ln.startswith("| split-digits") or ln.startswith("| cifar100")]
-    assert len(body) == 5
-    for line, value in zip(body, ["50.00", "88.0 ± 0.5", "70.00", "60.0", "71.26 ± 0.44"]):
+    assert len(body) == 6
+    for line, value in zip(body, ["50.00", "70.00", "88.0 ± 0.5", "70.00", "60.0", "71.26 ± 0.44"]):
         assert f"| {value} |" in line
-    assert [ln.split(" | ")[7] for ln in body] == ["not run"] * 3 + ["no implementation"] * 2
+    assert [ln.split(" | ")[8] for ln in body] == ["not run"] * 4 + ["no implementation"] * 2
     assert "no finished runs" in md and set(paths) == {"markdown", "csv", "latex"}
 
 
@@ -231,7 +256,7 @@ def test_shipped_report_without_runs(tmp_path):
         assert f"| {value} |" in md
     body = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| benchmark")]
     assert len(body) == 30
-    assert all(ln.split(" | ")[7] in ("not run", "no implementation") for ln in body)
+    assert all(ln.split(" | ")[8] in ("not run", "no implementation") for ln in body)
     md, _ = lb.write_report("smoke", tmp_path / "results", plots=False)
     body = [ln for ln in md.splitlines() if ln.startswith("| split-digits")]
     assert body and all(ln.endswith("| 0/3 | not run |") for ln in body)
@@ -252,6 +277,7 @@ def test_grid_table_report_over_synthetic_runs(tmp_path):
     assert row in md and "| split-digits | joint | – | – | 0/3 | not run |" in md
     tex = paths["latex"].read_text()
     assert r"split-digits & seq-lora & 50.33 $\pm$ 2.52 & 71.00 $\pm$ 1.00 & 3 \\" in tex
+    assert paths["heatmap:a_last"].read_bytes()[:4] == b"\x89PNG"
     assert paths["plot_curves"].exists() and paths["matrix:split-digits:seq-lora"].exists()
 
 
@@ -268,10 +294,18 @@ def test_latex_is_balanced_and_escaped(tmp_path, monkeypatch):
     assert not stack
     assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1
     assert r"L2P \& Co\_1" in tex and r"P\&M" in tex and r"100\% escaped\_names \& such" in tex
-    rows = [ln for ln in tex.splitlines() if ln.endswith(r"\\") and not ln.startswith("%")]
-    assert len(rows) == 6  # header + 5
-    assert all(len(re.findall(r"(?<!\\)&", ln)) == 6 for ln in rows)
-    assert lb.tex_escape(r"a_b & 50% #1 {x} ~^\ ±") == (
+    # the paper's shape: one row per method, (benchmark, metric) × (ours, published) columns
+    body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
+    rows = [ln for ln in body.splitlines() if ln.endswith(r"\\")]
+    assert len(rows) == 5  # LoRA, Joint, P&M, Future, L2P & Co_1
+    columns = 1 + 2 * 3  # split-digits A_last, split-digits A_avg, cifar100-10 A_last
+    assert all(len(re.findall(r"(?<!\\)&", ln)) == columns - 1 for ln in rows)
+    assert re.search(r"^LoRA & -- & 50\.00.* & -- & 70\.00", body, re.M)
+    assert r"P\&M$^\dagger$" in tex and r"$^\dagger$ \texttt{pm} is (partly) a reconstruction" in tex  # marked + footnote
+    assert "first remark" in tex and r"\textsuperscript{" in tex  # notes as in the Markdown
+    from harness.table_render import tex_escape
+
+    assert tex_escape(r"a_b & 50% #1 {x} ~^\ ±") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$")
 
 
@@ -322,3 +356,18 @@ def test_published_typos_are_errors(tmp_path, monkeypatch):
         _reference(tmp_path / match.replace(" ", "_").replace("'", ""), monkeypatch, SYN_TABLE, published=PUBLISHED + [row])
         with pytest.raises(ConfigError, match=match):
             lb.load_published()
+
+
+def test_results_are_checked_against_their_cell(tmp_path):
+    cells = [c for c in lb.table_cells("smoke") if c.method == "seq-lora"]
+    root = tmp_path / "results"
+    good = _result(cells[0], 0.5, 0.6)
+    wrong_id = {**_result(cells[1], 0.5, 0.6), "run_id": cells[0].run_id()}  # its config is right, its run_id is not
+    wrong_cfg = _result(cells[2], 0.5, 0.6)
+    wrong_cfg["config"] = {**wrong_cfg["config"], "seed": 7}  # right run_id, config of another run
+    for cfg, r in zip(cells, (good, wrong_id, wrong_cfg)):
+        atomic_write_json(run_dir(cfg, root) / "result.json", r)
+    found = lb.load_cell_results(cells, root)
+    assert list(found.results) == [cells[0].run_id()]
+    assert "run_id" in found.mismatched[cells[1].run_id()]
+    assert "config hashes to" in found.mismatched[cells[2].run_id()]
