@@ -47,7 +47,7 @@ def test_bootstrap_is_seeded_and_used_from_ten_pairs():
     x = np.random.default_rng(3).normal(1.0, 2.0, 400)
     (bl, bh), (tl, th) = bootstrap_interval(x), t_interval(x)
     assert bl == pytest.approx(tl, abs=0.05) and bh == pytest.approx(th, abs=0.05)
-    assert compare(d).interval == "bootstrap" and compare(d[:9]).interval == "t" and compare(d[:1]).interval == "none"
+    assert compare(d[:10]).interval == "bootstrap" and compare(d[:9]).interval == "t" and compare(d[:1]).interval == "none"
     assert compare(d[:9]).lo == pytest.approx(t_interval(d[:9])[0])
 
 
