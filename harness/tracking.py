@@ -102,8 +102,8 @@ class TensorBoardTracker(Tracker):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'clmerge[track]' "
-                              "(or pip install tensorboard)") from exc
+            raise ConfigError(f"--log tensorboard: cannot import torch.utils.tensorboard ({exc}); "
+                              "pip install 'clmerge[track]' (or pip install tensorboard)") from exc
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def scalar(self, name: str, value: float, step: int) -> None:
@@ -123,7 +123,7 @@ class WandbTracker(Tracker):
         try:
             import wandb
         except ImportError as exc:
-            raise ConfigError("--log wandb needs the wandb package: pip install wandb") from exc
+            raise ConfigError(f"--log wandb: cannot import wandb ({exc}); pip install wandb") from exc
         mode = os.environ.get("WANDB_MODE") or (None if os.environ.get("WANDB_API_KEY") else "offline")
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "clmerge"), name=name, config=config,
