@@ -252,13 +252,13 @@ def cmd_compare(args) -> int:
         raise ConfigError("--against: give at least one reference method, e.g. --against seq-lora")
     if args.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
-    grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []))
     import yaml
 
+    grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []))
+    expand(grid)  # every check before anything runs (or is written)
     # The grid as a file: `status`/`report`/`--retry-failed` work on it like on any grid.
     path = results_dir() / "grids" / f"{grid.name}.yaml"
     atomic_write_text(path, yaml.safe_dump({k: v for k, v in grid.__dict__.items() if k != "file"}, sort_keys=False))
-    expand(grid)  # every check before anything runs
     args.against, args.file = ",".join(against), str(path)
     return _run_grid(str(path), args, report_after=True)
 
