@@ -174,6 +174,8 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
 
     if not args.profile:
         raise ConfigError("--executor slurm needs --profile slurm/NAME.yaml (see slurm/example.yaml)")
+    if args.log:
+        raise ConfigError("--log: experiment tracking runs with the local and debug executors, not --executor slurm")
     if args.cells_per_job not in (None, 1) or args.max_parallel:
         raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM each cell is one "
                           "array element and the profile's array_parallelism caps how many run at once")

@@ -56,8 +56,8 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
     from harness import metrics
     from harness.envinfo import environment
     from harness.tracking import open_tracker
-    from harness.validation import validation_result
     from harness.trainer import build, run_tasks
+    from harness.validation import validation_result
 
     d = run_dir(cfg, root)
     if is_complete(d) and not force:
