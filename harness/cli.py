@@ -13,6 +13,21 @@ from harness.errors import ConfigError, unknown
 def _add_exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    _add_log(p)
+
+
+def _add_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", default=None, choices=["tensorboard", "wandb"],
+                   help="optional experiment tracking under <results>/tracking/ (needs the package; off by default)")
+
+
+def _add_against(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--against", default="seq-lora", metavar="M1,M2",
+                   help="reference method(s) of the paired comparison in the report (default: seq-lora; '' for none)")
+
+
+def _methods_arg(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def cmd_list(args) -> int:
@@ -62,13 +77,15 @@ def cmd_run(args) -> int:
     from harness.run import execute
 
     from harness import preflight
+    from harness.tracking import check_backend
 
     cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
+    check_backend(args.log)
     readiness = preflight.check([cfg])
     if not readiness.ok:
         print(preflight.message(readiness, f"{cfg.benchmark} × {cfg.method}", skip_hint=False), file=sys.stderr)
         return 2
-    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads), force=args.force)
+    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if outcome.status in ("done", "skipped"):
         from harness.io import read_json
@@ -80,13 +97,13 @@ def cmd_run(args) -> int:
     return 0 if outcome.status in ("done", "skipped") else 1
 
 
-def _target(name_or_file: str, seeds: int | None = None):
+def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
     """A grid (file or name in grids/) or a published table: (name, cells, function printing its report)."""
     if _is_grid(name_or_file):
         from harness.grid import expand, load_grid
 
         grid = load_grid(name_or_file)
-        return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid))
+        return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid), grid, _methods_arg(against))
     from harness.leaderboard import available_tables, table_cells, write_report
 
     if name_or_file not in available_tables():
@@ -108,8 +125,10 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     from harness.run import clear
 
     from harness import plan, preflight
+    from harness.tracking import check_backend
 
-    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None))
+    check_backend(args.log)
+    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against)
     if not cells:
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     readiness = preflight.check(cells)
@@ -140,7 +159,8 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         workers = args.max_parallel or os.cpu_count() or 1
         per_job = max(1, -(-len(cells) // (3 * workers)))
     start = time.time()
-    outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job)
+    outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job,
+                        track=args.log)
     wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
@@ -201,6 +221,8 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
 
     if not args.profile:
         raise ConfigError("--executor slurm needs --profile slurm/NAME.yaml (see slurm/example.yaml)")
+    if args.log:
+        raise ConfigError("--log: experiment tracking runs with the local and debug executors, not --executor slurm")
     if args.cells_per_job not in (None, 1) or args.max_parallel:
         raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM each cell is one "
                           "array element and the profile's array_parallelism caps how many run at once")
@@ -248,10 +270,10 @@ def _ensure_backbones(cells) -> None:
             check_shipped(p)
 
 
-def _print_report(name: str, cells) -> None:
+def _print_report(name: str, cells, grid=None, against: list[str] = ()) -> None:
     from harness.report import report
 
-    md, paths = report(name, cells)
+    md, paths = report(name, cells, grid=grid, against=against)
     print(md)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -263,6 +285,31 @@ def cmd_grid(args) -> int:
 
 def cmd_reproduce(args) -> int:
     return _run_grid(args.table, args, report_after=True, pack=True)
+
+
+def cmd_compare(args) -> int:
+    """`clmerge compare`: the method and its references × one benchmark × seeds, run through the executor (only
+    the missing cells), then the paired table."""
+    from harness.compare import compare_grid
+    from harness.config import parse_set
+    from harness.grid import expand
+    from harness.io import atomic_write_text
+    from harness.paths import results_dir
+
+    against = _methods_arg(args.against)
+    if not against:
+        raise ConfigError("--against: give at least one reference method, e.g. --against seq-lora")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    import yaml
+
+    grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []))
+    expand(grid)  # every check before anything runs (or is written)
+    # The grid as a file: `status`/`report`/`--retry-failed` work on it like on any grid.
+    path = results_dir() / "grids" / f"{grid.name}.yaml"
+    atomic_write_text(path, yaml.safe_dump({k: v for k, v in grid.__dict__.items() if k != "file"}, sort_keys=False))
+    args.against, args.file = ",".join(against), str(path)
+    return _run_grid(str(path), args, report_after=True)
 
 
 def cmd_status(args) -> int:
@@ -281,7 +328,7 @@ def _is_grid(name: str) -> bool:
 
 def cmd_report(args) -> int:
     """A grid's report (mean ± std per benchmark × method), or a published table's (ours vs paper, verdicts)."""
-    _, _, show_report = _target(args.file, args.seeds)
+    _, _, show_report = _target(args.file, args.seeds, args.against)
     show_report()
     return 0
 
@@ -378,6 +425,8 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells-per-job", type=int, default=None,
                    help="cells run one after another in each job (default: 1 for grid; reproduce packs ~3 jobs per worker)")
     p.add_argument("--force", action="store_true", help="delete the grid's results and run every cell again")
+    _add_log(p)
+    _add_against(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,7 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables (Markdown, CSV; LaTeX for published tables) and plots of finished cells")
     p.add_argument("file", help="grid YAML file, a name in grids/, or a published table (clmerge list tables)")
     p.add_argument("--seeds", type=int, default=None, help="published tables: seeds per cell (default: the table's)")
+    _add_against(p)
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("compare", help="a method against reference methods on one benchmark: run what is missing, "
+                                          "print the paired table")
+    p.add_argument("--method", required=True)
+    p.add_argument("--benchmark", required=True)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run (e.g. train.epochs=3)")
+    _grid_args(p)
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("stream", help="print a benchmark's tasks and classes (names where known)")
     p.add_argument("benchmark")

@@ -49,7 +49,8 @@ class ExecConfig:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch default)
-    progress: bool = True
+    progress: bool = True  # tqdm bars, shown only on a TTY
+    log: str | None = None  # experiment tracking backend: tensorboard | wandb (harness/tracking.py)
 
 
 @dataclass
@@ -62,9 +63,13 @@ class RunConfig:
     seed: int = 0  # training seed: LoRA/head init, batch order, augmentation, method randomness
     order_seed: int | None = None  # class-order seed (None: the spec's own; ignored for natural order)
     protocol: str | None = None  # protocol preset of an image benchmark (datasets/protocols/), None for embedded ones
+    tune: bool = False  # hold out a validation split of each task's training data (harness/validation.py)
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        d = to_dict(self)
+        if not d["tune"]:  # absent when off, so the hash (and result.json) of every untuned run is unchanged
+            del d["tune"]
+        return d
 
     def run_id(self) -> str:
         """Hash of the fully resolved config: the run's identity and directory name."""
@@ -77,7 +82,7 @@ class RunConfig:
 
 
 OVERRIDE_PREFIXES = ("train.", "backbone.", "method.")
-TOP_LEVEL_KEYS = ("seed", "order_seed", "protocol")
+TOP_LEVEL_KEYS = ("seed", "order_seed", "protocol", "tune")
 
 
 def valid_override_keys(method_params_cls: type) -> list[str]:
@@ -151,7 +156,7 @@ def resolve(
     train = to_dict(from_dict(TrainConfig, train_dict, f"{spec.file}.train (+ protocol {protocol_name})"))
     backbone: dict[str, Any] = {"preset": spec.backbone}
     params = to_dict(method_cls.Params())
-    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed, "protocol": protocol_name}
+    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed, "protocol": protocol_name, "tune": False}
     valid = valid_override_keys(method_cls.Params)
     for key, value in (overrides or {}).items():
         if key not in valid:

@@ -84,6 +84,7 @@ def dispatch(
     cells_per_job: int = 1,  # >1 amortises process start-up (imports) over several small cells
     exec_cfg: ExecConfig | None = None,
     log: Callable[[str], None] = print,
+    track: str | None = None,  # experiment tracking backend for every cell (harness/tracking.py)
 ) -> list[CellOutcome]:
     """Run the unfinished `cells`; finished ones are skipped. Returns one outcome per cell."""
     if executor not in EXECUTORS:
@@ -99,7 +100,7 @@ def dispatch(
         return skipped
     cpus = os.cpu_count() or 1
     max_parallel = max(1, max_parallel or cpus) if executor == "local" else 1
-    exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False)
+    exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False, log=track)
     # Round-robin packing: each job gets a mix of methods, so slow methods do not pile up in one job.
     n_jobs = -(-len(todo) // max(1, cells_per_job))
     chunks = [todo[i::n_jobs] for i in range(n_jobs)]
@@ -109,6 +110,10 @@ def dispatch(
         ex.update_parameters(timeout_min=7 * 24 * 60)
     log(f"dispatching {len(todo)} cells as {len(chunks)} {executor} jobs ({max_parallel} at a time)")
 
+    from harness.progress import CellProgress
+
+    bar = CellProgress(len(todo), enabled=executor == "local")
+    log = bar.printer(log)
     outcomes: list[CellOutcome] = []
     queue = list(chunks)
     running: list[tuple[object, list[RunConfig]]] = []
@@ -124,6 +129,7 @@ def dispatch(
         for r in results:
             log(f"  [{r.status}] {r.benchmark} × {r.method} × seed {r.seed}" + (f": {r.message}" if r.status == "failed" else ""))
         outcomes.extend(results)
+        bar.finished([r.status for r in results])
 
     args = lambda chunk: ([c.to_dict() for c in chunk], asdict(exec_cfg), str(root))  # noqa: E731
     while queue or running:
@@ -139,6 +145,8 @@ def dispatch(
             else:
                 still.append((job, chunk))
         running = still
+        bar.running_now(sum(len(chunk) for _, chunk in running))
         if running:
             time.sleep(0.5)
+    bar.close()
     return skipped + outcomes

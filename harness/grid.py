@@ -7,6 +7,9 @@
     order_seeds: [null]          # class-order seeds (null: the benchmark's own)
     overrides: {train.epochs: 5}                 # every cell
     method_overrides: {joint: {train.epochs: 5}} # cells of one method
+    tune: true                   # hold out a validation split (selection in sweep reports)
+    sweep: {train.lr_lora: [5e-4, 1e-3]}         # cartesian product per method (harness/sweep.py)
+    method_sweep: {pm: {method.epsilon: [0.25, 0.5]}}
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import sweep
 from harness.config import RunConfig, resolve
 from harness.errors import ConfigError, unknown
 from harness.paths import grids_dir
@@ -31,6 +35,9 @@ class GridSpec:
     order_seeds: list[int | None] = field(default_factory=lambda: [None])
     overrides: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune: bool = False
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    method_sweep: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     file: str = ""
 
     def validate(self, where: str) -> None:
@@ -66,19 +73,22 @@ def load_grid(name_or_path: str) -> GridSpec:
 
 
 def expand(grid: GridSpec) -> list[RunConfig]:
-    """Every cell of the grid as a resolved RunConfig, in benchmark → method → order seed → seed order."""
+    """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
     for m in grid.method_overrides:
         if m not in methods:
             raise unknown("method in method_overrides", m, methods, grid.file)
+    sweep.validate(grid, methods)
+    tune = {"tune": True} if grid.tune else {}
     cells, seen = [], set()
     for bench in grid.benchmarks:
         for method in methods:
-            overrides = {**grid.overrides, **grid.method_overrides.get(method, {})}
-            for order_seed in grid.order_seeds:
-                for seed in grid.seeds:
-                    cfg = resolve(bench, method, seed, order_seed, overrides, where=f"{grid.file} ({bench} × {method})")
-                    if cfg.run_id() not in seen:  # e.g. order seeds collapse on a natural-order benchmark
-                        seen.add(cfg.run_id())
-                        cells.append(cfg)
+            for setting in sweep.settings(grid, method):
+                overrides = {**grid.overrides, **grid.method_overrides.get(method, {}), **setting, **tune}
+                for order_seed in grid.order_seeds:
+                    for seed in grid.seeds:
+                        cfg = resolve(bench, method, seed, order_seed, overrides, where=f"{grid.file} ({bench} × {method})")
+                        if cfg.run_id() not in seen:  # e.g. order seeds collapse on a natural-order benchmark
+                            seen.add(cfg.run_id())
+                            cells.append(cfg)
     return cells

@@ -50,6 +50,7 @@ def collect(cells: list[RunConfig], root: Path | None = None):
             row["acc_curve"] = m["acc_curve"]
             row["reconstruction"] = r.get("method_info", {}).get("reconstruction") or ""
             row["grad_norm_start"] = start_grad_norm(r.get("grad_norms"))
+            row["val_a_last"] = r.get("validation", {}).get("metrics", {}).get("a_last", math.nan)  # tune=true runs
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -171,18 +172,43 @@ def plot(runs, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def report(name: str, cells: list[RunConfig], root: Path | None = None) -> tuple[str, dict[str, Path]]:
-    """Write results/tables/<name>.md/.csv and results/plots/<name>.png; return the Markdown and the paths."""
+def report(
+    name: str, cells: list[RunConfig], root: Path | None = None, grid=None, against: list[str] = ()
+) -> tuple[str, dict[str, Path]]:
+    """Write results/tables/<name>.md/.csv and results/plots/<name>.png; return the Markdown and the paths.
+    A sweep grid's main table holds the settings selected on validation (harness/selection.py; the whole sweep in
+    <name>-sweep.csv/.png); `against` adds paired comparisons with those reference methods (harness/compare.py)."""
     root = Path(root or results_dir())
     runs = collect(cells, root)
+    title = f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished"
+    paths = {"markdown": root / "tables" / f"{name}.md", "csv": root / "tables" / f"{name}.csv",
+             "latex": root / "tables" / f"{name}.tex", "plot": root / "plots" / f"{name}.png"}
+    extra = ""
+    if grid is not None and (grid.sweep or grid.method_sweep) and len(runs):
+        from harness import selection
+
+        runs = selection.annotate(runs, cells, grid)
+        table = selection.sweep_table(runs)
+        chosen = selection.select(table)
+        runs = selection.selected_runs(runs, chosen)
+        extra += "\n" + selection.markdown(table, chosen)
+        paths["sweep_csv"] = root / "tables" / f"{name}-sweep.csv"
+        atomic_write_text(paths["sweep_csv"], table.to_csv(index=False))
+        if len(chosen):
+            paths["sweep_plot"] = root / "plots" / f"{name}-sweep.png"
+            selection.plot(table, chosen, paths["sweep_plot"], name)
+        title += "; main table: the settings selected on validation"
+    if against and len(runs):
+        from harness.compare import section
+
+        text, _ = section(runs, list(against))
+        extra += "\n" + text
     agg = aggregate(runs)
     from harness.table_plots import plot_heatmap
     from harness.table_render import aggregate_latex
 
-    md = markdown(agg, f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished")
+    md = markdown(agg, title) + extra
     md += "\n".join(failed_lines(runs, name))
-    paths = {"markdown": root / "tables" / f"{name}.md", "csv": root / "tables" / f"{name}.csv",
-             "latex": root / "tables" / f"{name}.tex", "plot": root / "plots" / f"{name}.png"}
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], agg.to_csv(index=False))
     atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS))

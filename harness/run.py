@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.config import ExecConfig, RunConfig
 from harness.io import atomic_write_json, file_lock
+from harness.paths import results_dir
 from harness.store import RESULT, is_complete, run_dir
 
 
@@ -54,7 +55,9 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
 
     from harness import metrics
     from harness.envinfo import environment
+    from harness.tracking import open_tracker
     from harness.trainer import build, run_tasks
+    from harness.validation import validation_result
 
     d = run_dir(cfg, root)
     if is_complete(d) and not force:
@@ -75,6 +78,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
         log_event(d, "start")
         try:
             s = build(cfg, exec_cfg)
+            s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
             state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
             n = [len(t.test_indices) for t in s.stream.tasks]
             result = {
@@ -95,6 +99,10 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 "timings": {"task_seconds": state.task_seconds, "wall_seconds": time.time() - start},
                 "env": environment(s.device),
             }
+            if s.val_stream is not None:  # tune=true only: untuned results keep their exact content
+                result["validation"] = validation_result(s.val_record, state.val_acc)
+            s.tracker.finish(result)
+            s.tracker.close()
         except SystemExit:
             # submitit's pre-timeout/preemption handler requeued the job and exits: not a failure; the next start
             # resumes from the checkpoints.

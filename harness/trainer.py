@@ -45,6 +45,8 @@ from harness.seeding import generator
 from harness.sources import SourceData, load_source
 from harness.spec import BenchmarkSpec
 from harness.stream import Task, TaskStream, build_stream
+from harness.tracking import NULL_TRACKER, Tracker
+from harness.validation import hold_out
 
 GRAD_NORM_STEPS = 20  # steps at the start of each task whose gradient norm is recorded
 
@@ -81,6 +83,7 @@ class RunState:
     task_seconds: list[float] = field(default_factory=list)
     method_records: list[dict] = field(default_factory=list)
     grad_norms: list[dict] = field(default_factory=list)  # per task: {"all": [...], "backbone": [...]}, first steps
+    val_acc: list[list[float]] = field(default_factory=list)  # R[t][j] on the validation split (tune=true only)
 
     @property
     def tasks_done(self) -> int:
@@ -100,12 +103,18 @@ class Setup:
     method: Method
     train_bank: ImageBank
     test_bank: ImageBank
+    val_stream: TaskStream | None = None  # tune=true: tasks whose test_indices are held-out training indices
+    val_record: dict | None = None  # fraction, seed, sizes and hash of the validation split
+    tracker: Tracker = NULL_TRACKER  # optional experiment logging (harness/tracking.py); never changes results
 
 
 def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     spec = run_spec(cfg)
     data = load_source(spec)
     stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+    val_stream = val_record = None
+    if cfg.tune:
+        stream, val_stream, val_record = hold_out(stream, data.train_labels, cfg.seed, data.split_hash)
     device = pick_device(exec_cfg.device)
     model = CLModel(cfg.backbone).to(device)
     method_cls = get_method(cfg.method)
@@ -115,7 +124,7 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
                            spec.test_transform, spec.train_transform)
     test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device, spec.test_transform)
     method.ctx.train_bank = train_bank  # for hooks that pass over the task's data before training (InfLoRA)
-    return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank)
+    return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank, val_stream, val_record)
 
 
 @torch.no_grad()
@@ -189,6 +198,7 @@ def train_task(
             if len(norms["all"]) < GRAD_NORM_STEPS:
                 _record_grad_norm(norms, opt, model)
             opt.step()
+            s.tracker.step(task.index, loss, opt)
         sched.step()
         method.end_epoch(model, task, epoch)
         if epoch_ckpt is not None:
@@ -296,7 +306,7 @@ def run_tasks(
         total=T * s.cfg.train.epochs,
         initial=state.tasks_done * s.cfg.train.epochs,
         desc=f"{s.cfg.method}/{s.cfg.benchmark}/seed{s.cfg.seed}",
-        disable=not exec_cfg.progress,
+        disable=None if exec_cfg.progress else True,  # None: quiet when stderr is not a TTY
         unit="epoch",
     )
     with bar:
@@ -310,12 +320,18 @@ def run_tasks(
             if any(math.isnan(v) for v in cil):
                 raise TrainingDiverged(f"task {task.index}: accuracy is NaN")
             state.acc.append(cil)
+            if s.val_stream is not None:  # same evaluation model, held-out training samples
+                state.val_acc.append(evaluate(s.method.eval_model(s.model), s.train_bank, s.val_stream, task.index,
+                                              s.cfg.train.eval_batch_size)[0])
             state.task_aware.append(ta)
             state.task_seconds.append(time.perf_counter() - start)
             state.method_records.append(s.method.task_record(task))
             state.grad_norms.append(norms)
             n = [len(t.test_indices) for t in s.stream.tasks[: task.index + 1]]
-            bar.set_postfix(acc=f"{sum(c * k for c, k in zip(cil, n)) / sum(n):.3f}")
+            a_t = sum(c * k for c, k in zip(cil, n)) / sum(n)
+            bar.set_postfix(task=f"{task.index + 1}/{T}", acc=f"{a_t:.3f}")
+            s.tracker.task_end(task.index, cil, a_t, state.method_records[-1], norms,
+                               state.val_acc[-1] if s.val_stream is not None else None)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, s, state)
                 epoch_checkpoint_path(checkpoint).unlink(missing_ok=True)  # superseded by the task checkpoint

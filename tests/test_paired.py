@@ -1,0 +1,67 @@
+"""Paired statistics (harness/paired.py) on hand-made differences, against closed forms; the report's pairing."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.compare import paired_table
+from harness.paired import bootstrap_interval, compare, sign_test, t_interval
+
+
+def test_t_interval_df1_matches_the_cauchy_closed_form():
+    # n = 2: t with 1 df is Cauchy, t_{0.975,1} = tan(π·0.475); d = (1, 3): mean 2, s = √2, half = t·√2/√2 = t.
+    lo, hi = t_interval([1.0, 3.0])
+    t = math.tan(math.pi * 0.475)
+    assert lo == pytest.approx(2 - t, rel=1e-9) and hi == pytest.approx(2 + t, rel=1e-9)
+
+
+def test_t_interval_df2_matches_its_closed_form():
+    # n = 3: t_{p,2} = (2p−1)/√(2p(1−p)); d = (0, 1, 5): mean 2, s² = ((−2)² + (−1)² + 3²)/2 = 7.
+    p = 0.975
+    t = (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    half = t * math.sqrt(7) / math.sqrt(3)
+    lo, hi = t_interval([0.0, 1.0, 5.0])
+    assert (lo, hi) == (pytest.approx(2 - half, rel=1e-9), pytest.approx(2 + half, rel=1e-9))
+    assert all(math.isnan(v) for v in t_interval([4.0]))
+
+
+def test_sign_test_exact_binomial():
+    # 4 wins, 1 loss, 1 tie: m = 5, p = 2·(C(5,0) + C(5,1))/2⁵ = 12/32.
+    assert sign_test([1, 2, 0.5, 3, -1, 0]) == (4, 1, 1, pytest.approx(12 / 32))
+    # 6 of 6 wins: p = 2·C(6,0)/2⁶; 3 wins, 3 losses: 2·(1+6+15+20)/64 > 1, capped at 1.
+    assert sign_test([1] * 6)[3] == pytest.approx(2 / 64)
+    assert sign_test([1, 1, -1, -1, 1, -1])[3] == 1.0
+    assert sign_test([0, 0]) == (0, 0, 2, 1.0)
+
+
+def test_bootstrap_is_seeded_and_used_from_ten_pairs():
+    d = np.arange(12, dtype=float)  # mean 5.5
+    a, b = bootstrap_interval(d, seed=0), bootstrap_interval(d, seed=0)
+    assert a == b and a != bootstrap_interval(d, seed=1)
+    assert a[0] < 5.5 < a[1]
+    # constant differences: every resample has the same mean
+    assert bootstrap_interval([0.7] * 10) == (pytest.approx(0.7), pytest.approx(0.7))
+    # the percentile interval of a large normal sample is close to the t-interval
+    x = np.random.default_rng(3).normal(1.0, 2.0, 400)
+    (bl, bh), (tl, th) = bootstrap_interval(x), t_interval(x)
+    assert bl == pytest.approx(tl, abs=0.05) and bh == pytest.approx(th, abs=0.05)
+    assert compare(d[:10]).interval == "bootstrap" and compare(d[:9]).interval == "t" and compare(d[:1]).interval == "none"
+    assert compare(d[:9]).lo == pytest.approx(t_interval(d[:9])[0])
+
+
+def test_paired_table_pairs_only_shared_seeds():
+    rows = [  # method, seed, a_last
+        ("new", 0, 0.50), ("new", 1, 0.60), ("new", 2, 0.70), ("ref", 0, 0.40), ("ref", 1, 0.65), ("ref", 3, 0.10),
+    ]
+    runs = pd.DataFrame([{"benchmark": "b", "method": m, "seed": s, "order_seed": None, "a_last": a, "done": True}
+                         for m, s, a in rows])
+    t = paired_table(runs, ["ref"]).iloc[0]
+    # shared seeds 0, 1: differences +10 and −5 points
+    assert (t["method"], t["against"], t["n"]) == ("new", "ref", 2)
+    assert t["mean_diff"] == pytest.approx(2.5)
+    assert (t["wins"], t["losses"], t["ties"]) == (1, 1, 0)
+    lo, hi = t_interval([10.0, -5.0])
+    assert t["ci_lo"] == pytest.approx(lo) and t["ci_hi"] == pytest.approx(hi)
+    assert paired_table(runs, ["absent"]).empty
