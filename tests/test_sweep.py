@@ -98,7 +98,7 @@ def test_compare_runs_the_missing_cells_and_prints_the_paired_table(results, cap
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 1 |" in out
-    assert main(args + ["--dry-run"]) == 0 and "2 cells, 0 to run" in capsys.readouterr().out
+    assert main(args + ["--dry-run"]) == 0 and "2 cells — 0 to run, 2 done" in capsys.readouterr().out
 
 
 def test_cell_progress_counts():
