@@ -41,7 +41,7 @@ from harness.io import atomic_torch_save
 from harness.method import Method, MethodContext, TaskData
 from harness.registry import get_method
 from harness.schema import from_dict
-from harness.seeding import generator
+from harness.seeding import generator, rng_from_host, rng_to_host
 from harness.sources import SourceData, load_source
 from harness.spec import BenchmarkSpec
 from harness.stream import Task, TaskStream, build_stream
@@ -164,7 +164,7 @@ def train_task(
     if saved is not None:  # after the model and method: the optimiser state refers to the restored parameters
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
-        g.set_state(saved["batches"])
+        restore_rngs(saved, s.method, g)
         first = saved["epochs_done"]
         norms = saved.get("grad_norms", norms)
         log(f"resumed at task {task.index}, epoch {first} of {cfg.train.epochs} (from {epoch_ckpt.name})")
@@ -224,22 +224,24 @@ def _save_epoch_checkpoint(
             "epochs_done": epochs_done,
             "model": s.model.trainable_state(),
             "method": s.method.state_dict(),
-            "method_rng": s.method.rng_state(),
+            # generator states as NumPy arrays: map_location never moves them (rng_to_host)
+            "method_rng": rng_to_host(s.method.rng_state()),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-            "batches": g.get_state(),
+            "batches": rng_to_host(g.get_state()),
             "grad_norms": grad_norms,
             # Nothing in the loop should draw from the global RNGs; saved anyway so that a library that does
             # (e.g. dropout) still resumes exactly.
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
+            "torch_rng": rng_to_host(torch.get_rng_state()),
+            "cuda_rng": rng_to_host(torch.cuda.get_rng_state_all()) if s.device.type == "cuda" else None,
         },
         path,
     )
 
 
 def _load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
-    """Restore model, method state and generators from an epoch checkpoint of `task`; None if it is for another task."""
+    """Restore model and method state from an epoch checkpoint of `task` (its generators: `restore_rngs`); None if it
+    is for another task."""
     ckpt = torch.load(path, map_location=s.device, weights_only=False)
     if ckpt["run_id"] != s.cfg.run_id():
         raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
@@ -247,11 +249,18 @@ def _load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
         return None
     s.model.load_trainable_state(ckpt["model"])
     s.method.load_state_dict(ckpt["method"])
-    s.method.load_rng_state(ckpt["method_rng"])
-    torch.set_rng_state(ckpt["torch_rng"].cpu())
-    if ckpt["cuda_rng"] is not None and len(ckpt["cuda_rng"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
     return ckpt
+
+
+def restore_rngs(ckpt: dict, method: Method, batches: torch.Generator) -> None:
+    """Set the method's generators, the batch-order generator and torch's global RNGs to an epoch checkpoint's
+    states, as CPU byte tensors whatever device the checkpoint was loaded onto (Generator.set_state rejects others)."""
+    method.load_rng_state(rng_from_host(ckpt["method_rng"]))
+    batches.set_state(rng_from_host(ckpt["batches"]))
+    torch.set_rng_state(rng_from_host(ckpt["torch_rng"]))
+    cuda = ckpt["cuda_rng"]
+    if cuda is not None and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng_from_host(list(cuda)))
 
 
 def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:
