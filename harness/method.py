@@ -70,6 +70,9 @@ class Method:
     Params: ClassVar[type] = NoParams
     constant_memory: ClassVar[bool] = True  # between-task state does not grow with the number of tasks
     reconstruction: ClassVar[str | None] = None  # what is reconstructed, for methods without public code
+    # False: `state_dict()` changes only in begin_task/end_task, so epoch checkpoints leave it out (a resume replays
+    # begin_task on the task checkpoint's state) — P&M's float64 sums are then written once per task, not per epoch
+    state_changes_in_task: ClassVar[bool] = True
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params = params
