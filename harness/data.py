@@ -4,7 +4,9 @@ run's device.
 Every transform takes a whole batch of uint8 tensors on the run's device (harness/augment.py; on CPU its crop
 loops over the batch's samples, which measured faster there than the batched kernels). Training augmentation is seeded per batch from the run config (seed, task, epoch, batch number), so a run
 resumed at any epoch draws the same augmentations as an uninterrupted one without storing generator state.
-Small banks without augmentation (the embedded benchmarks) are preprocessed once and kept on the device.
+Small banks without augmentation (the embedded benchmarks) are preprocessed once and kept on the device; a training
+set that fits can be kept on the device as uint8 (`resident_on_device`, `ExecConfig.data_placement`). Host indices
+and labels reach the device by pinned, asynchronous copies: building a batch never waits for the device.
 """
 
 from __future__ import annotations

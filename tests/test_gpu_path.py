@@ -252,3 +252,21 @@ def test_device_resident_images_give_the_same_batches():
     assert not resident_on_device("auto", images, cpu)
     with pytest.raises(ConfigError, match="auto, host or device"):
         resident_on_device("gpu", images, cpu)
+
+
+def test_batched_crop_path_is_sync_free_after_its_first_batch():
+    """The CUDA crop path (boxes and flips copied once per batch, cached normalisation constants), run on CPU."""
+    from harness import augment
+    from harness.augment import _to_device, _to_unit, draw_crop_boxes, resized_crop_batch
+
+    augment._AFFINE.clear()  # as in a fresh process
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8, generator=g)
+    for first in (True, False):
+        boxes = draw_crop_boxes(8, 20, 20, [0.08, 1.0], [0.75, 4 / 3], g)
+        flip = torch.rand(8, generator=g) < 0.5
+        packed = _to_device(torch.cat([boxes.double(), flip.double()[:, None]], 1), u8.device)
+        with SyncCounter() as c:
+            x = resized_crop_batch(u8.float(), packed[:, :4], 16, "bilinear", packed[:, 4] > 0.5)
+            _to_unit(x, clamp=False, mean=[0.5] * 3, std=[0.5] * 3)
+        assert (c.events != []) == first  # the first batch puts the normalisation constants on the device, once
