@@ -224,10 +224,13 @@ def autoaugment_batch(
             if probs[b][slot] <= p:
                 negative = bool(space[op_name][1]) and signs[b][slot] == 0
                 groups.setdefault((op_name, mag_id, negative), []).append(b)
-        for (op_name, mag_id, negative), members in groups.items():
+        # all groups' members in one host tensor, copied to the images' device once (not one blocking copy per group)
+        members = _to_device(torch.tensor([b for m in groups.values() for b in m], dtype=torch.long), u8.device)
+        start = 0
+        for (op_name, mag_id, negative), group in groups.items():
             magnitudes, _ = space[op_name]
-            magnitude = float(magnitudes[mag_id].item()) if mag_id is not None else 0.0
-            idx = torch.tensor(members, device=u8.device)
+            magnitude = magnitudes.tolist()[mag_id] if mag_id is not None else 0.0  # host values: no scalar read
+            idx, start = members[start : start + len(group)], start + len(group)
             if op_name == "Equalize":
                 # v1's tensor equalize loops over images in Python; v2's is batched and gives identical results
                 # (tests compare against v1 AutoAugment per sample)
@@ -235,6 +238,13 @@ def autoaugment_batch(
             else:
                 out[idx] = _apply_op(out[idx], op_name, -magnitude if negative else magnitude, interpolation=mode, fill=None)
     return out
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device`, without blocking the host (pinned + non_blocking on CUDA; no-op on CPU)."""
+    if device.type == "cpu":
+        return t
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------------------------ RandomResizedCrop
@@ -300,9 +310,12 @@ def resized_crop_batch(
     to reversing the unflipped output up to float32 rounding of the sample positions (≤ 1e-4 of the range).
     """
     B, _, H, W = x.shape
-    b = boxes.to(device=x.device, dtype=torch.float64)
+    b = boxes.to(dtype=torch.float64) if boxes.device == x.device else boxes.to(device=x.device, dtype=torch.float64)
     top, left, h, w = b.unbind(1)
-    mirror = torch.zeros_like(w, dtype=torch.bool) if flip is None else flip.to(device=x.device, dtype=torch.bool)
+    if flip is None:
+        mirror = torch.zeros_like(w, dtype=torch.bool)
+    else:
+        mirror = flip.to(dtype=torch.bool) if flip.device == x.device else flip.to(device=x.device, dtype=torch.bool)
     if interpolation == "bilinear":
         from torchvision.ops import roi_align
 
@@ -400,6 +413,10 @@ def train_batch(
         return torch.cat(list(_cpu_pool().map(chunk, [slice(a, b) for a, b in zip(bounds, bounds[1:])])))
     if draw is not None:
         u8 = autoaugment_batch(u8, draw, t.autoaugment, t.autoaugment_interpolation)
+    # boxes and flips travel together: one host tensor, one asynchronous copy per batch
+    packed = torch.cat([boxes.double(), (flip if flip is not None else torch.zeros(B, dtype=torch.bool)).double()[:, None]], 1)
+    packed = _to_device(packed, u8.device)
+    boxes, flip = packed[:, :4], packed[:, 4] > 0.5
     # resampling is linear, so it runs on 0..255 values and the /255 (and normalisation) is applied to the smaller
     # output: one full-size pass fewer
     out = resized_crop_batch(u8.float(), boxes, t.size, t.interpolation, flip)
@@ -431,8 +448,20 @@ def _to_unit(x: Tensor, clamp: bool, mean: Sequence[float] | None, std: Sequence
         x.clamp_(0.0, 255.0)  # cubic overshoot; PIL clamps to 0..255 too
     if mean is None and std is None:
         return x.div_(255.0)
-    scale, shift = _unit_affine(x.shape[1], mean, std)
-    return torch.addcmul(shift.to(x.device), x, scale.to(x.device), out=x)
+    scale, shift = _device_affine(x.shape[1], tuple(mean or ()), tuple(std or ()), x.device)
+    return torch.addcmul(shift, x, scale, out=x)
+
+
+_AFFINE: dict = {}
+
+
+def _device_affine(channels: int, mean: tuple, std: tuple, device: torch.device) -> tuple[Tensor, Tensor]:
+    """`_unit_affine` on `device`, built once per (constants, device): no host→device copy per batch."""
+    key = (channels, mean, std, str(device))
+    if key not in _AFFINE:
+        scale, shift = _unit_affine(channels, mean or None, std or None)
+        _AFFINE[key] = (scale.to(device), shift.to(device))
+    return _AFFINE[key]
 
 
 def test_batch(

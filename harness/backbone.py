@@ -78,6 +78,11 @@ PRESETS: dict[str, BackbonePreset] = {
             lora_rank=2,
         ),
         BackbonePreset(
+            name="vit-b16-random",
+            description="ViT-B/16 (timm vit_base_patch16_224), seeded random init, no download: throughput benchmarks",
+            timm_name="vit_base_patch16_224",
+        ),
+        BackbonePreset(
             name="vit-b16-in21k-ft-in1k",
             description="ViT-B/16 ImageNet-21k → 1k (timm augreg2_in21k_ft_in1k): the P&M / SplitLoRA protocol",
             timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k",
@@ -230,6 +235,7 @@ class CLModel(nn.Module):
         self.vit.delete_adapter("base")
         self.heads = TaskHeads(self.embed_dim)
         self._base_scaling = self.cfg.lora_alpha / self.cfg.lora_rank
+        self._lora_layers: dict[str, nn.Module] | None = None  # cache of lora_layers(); reset when adapters change
 
     # ---- features and logits -------------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,11 +248,14 @@ class CLModel(nn.Module):
 
     # ---- adapted weights ------------------------------------------------------------------------------------
     def lora_layers(self) -> dict[str, nn.Module]:
-        """Adapted Linear layers by stable name (e.g. 'blocks.3.attn.qkv.v')."""
-        from peft.tuners.lora import LoraLayer
+        """Adapted Linear layers by stable name (e.g. 'blocks.3.attn.qkv.v'). Cached (methods call it every step): the
+        set of layers is fixed when peft wraps the targets; the cache is rebuilt after any adapter is added or dropped."""
+        if self._lora_layers is None:
+            from peft.tuners.lora import LoraLayer
 
-        prefix = "base_model.model."
-        return {n[len(prefix) :]: m for n, m in self.vit.named_modules() if isinstance(m, LoraLayer)}
+            prefix = "base_model.model."
+            self._lora_layers = {n[len(prefix) :]: m for n, m in self.vit.named_modules() if isinstance(m, LoraLayer)}
+        return dict(self._lora_layers)
 
     def merged_weights(self) -> dict[str, torch.Tensor]:
         """The current merged weight θ̂ of every adapted matrix (the LoRA base weights), live tensors."""
@@ -260,6 +269,7 @@ class CLModel(nn.Module):
         """A fresh LoRA (A kaiming-uniform, B = 0, seeded) on every target; it becomes the only trainable one."""
         with seeded(seed):
             self.vit.add_adapter(name, self._lora_config)
+        self._lora_layers = None
         self.vit.set_adapter(name)
         return self.adapter_parameters(name)
 
@@ -293,6 +303,7 @@ class CLModel(nn.Module):
 
     def drop_adapter(self, name: str) -> None:
         self.vit.delete_adapter(name)
+        self._lora_layers = None
 
     def pop_adapter(self, name: str) -> dict[str, torch.Tensor]:
         """Drop adapter `name` without touching the merged weights; return its ΔW (for methods that merge themselves)."""

@@ -7,6 +7,8 @@ Execution settings that do not change results (device, threads, progress bars) l
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -51,6 +53,10 @@ class ExecConfig:
     threads: int | None = None  # torch intra-op threads (None: torch default)
     progress: bool = True  # tqdm bars, shown only on a TTY
     log: str | None = None  # experiment tracking backend: tensorboard | wandb (harness/tracking.py)
+    # data prefetching (harness/prefetch.py): auto (on for CUDA) | on | off; CLMERGE_PREFETCH sets the default
+    prefetch: str = field(default_factory=lambda: os.environ.get("CLMERGE_PREFETCH", "auto"))
+    # training images on the device (harness/data.py resident_on_device): auto | device | host; CLMERGE_DATA_PLACEMENT
+    data_placement: str = field(default_factory=lambda: os.environ.get("CLMERGE_DATA_PLACEMENT", "auto"))
 
 
 @dataclass

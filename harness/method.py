@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.seeding import derive_seed
+from harness.seeding import cpu_byte_state, derive_seed
 
 if TYPE_CHECKING:
     from harness.backbone import CLModel
@@ -70,6 +70,9 @@ class Method:
     Params: ClassVar[type] = NoParams
     constant_memory: ClassVar[bool] = True  # between-task state does not grow with the number of tasks
     reconstruction: ClassVar[str | None] = None  # what is reconstructed, for methods without public code
+    # False: `state_dict()` changes only in begin_task/end_task, so epoch checkpoints leave it out (a resume replays
+    # begin_task on the task checkpoint's state) — P&M's float64 sums are then written once per task, not per epoch
+    state_changes_in_task: ClassVar[bool] = True
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params = params
@@ -156,12 +159,13 @@ class Method:
         return {k: v.get_state() for k, v in vars(self).items() if isinstance(v, torch.Generator)}
 
     def load_rng_state(self, state: dict) -> None:
-        """Restore `rng_state()` on a mid-task resume (called after `begin_task` has recreated the generators)."""
+        """Restore `rng_state()` on a mid-task resume (called after `begin_task` has recreated the generators). States
+        are moved to the CPU first: a checkpoint loaded with a GPU `map_location` holds them on the GPU."""
         for k, v in state.items():
             g = getattr(self, k, None)
             if not isinstance(g, torch.Generator):
                 raise ValueError(f"{self.name}: rng state {k!r} has no generator attribute to restore into")
-            g.set_state(v)
+            g.set_state(cpu_byte_state(v))
 
     def task_record(self, task: "Task") -> dict:
         """Per-task facts stored in the run's results (e.g. merge coefficients): what `end_task` put in `record`."""

@@ -2,7 +2,9 @@
 the method's evaluation model on the test data of every task seen so far.
 
 The loop owns the optimiser (AdamW, separate LoRA and head learning rates), the schedule, bf16 autocast on CUDA,
-the NaN guard, evaluation and checkpoints. Randomness comes only from generators derived from the run config, and
+the NaN guard, evaluation and checkpoints. The step loop (`run_epoch`) never waits for the device: the NaN guard and
+the gradient norms stay on it and are read once per epoch (`EpochWatch`), and the next batch can be prepared on a
+background thread while a step runs (`ExecConfig.prefetch`, harness/prefetch.py). Randomness comes only from generators derived from the run config, and
 every piece of state is checkpointed, so a resumed run gives the same numbers as an uninterrupted one (bit-exact on
 CPU). Two checkpoint files, each written atomically:
 
@@ -39,9 +41,10 @@ from harness.data import ImageBank
 from harness.errors import ConfigError, TrainingDiverged
 from harness.io import atomic_torch_save
 from harness.method import Method, MethodContext, TaskData
+from harness.prefetch import Prefetcher, use_prefetch
 from harness.registry import get_method
 from harness.schema import from_dict
-from harness.seeding import generator
+from harness.seeding import generator, rng_from_host, rng_to_host
 from harness.sources import SourceData, load_source
 from harness.spec import BenchmarkSpec
 from harness.stream import Task, TaskStream, build_stream
@@ -106,6 +109,7 @@ class Setup:
     val_stream: TaskStream | None = None  # tune=true: tasks whose test_indices are held-out training indices
     val_record: dict | None = None  # fraction, seed, sizes and hash of the validation split
     tracker: Tracker = NULL_TRACKER  # optional experiment logging (harness/tracking.py); never changes results
+    prefetch: bool = False  # gather/augment the next batch on a background thread (harness/prefetch.py)
 
 
 def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
@@ -121,10 +125,12 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     params = from_dict(method_cls.Params, dict(cfg.method_params), f"method_params of {cfg.method}")
     method = method_cls(params, MethodContext(config=cfg, stream=stream, device=device))
     train_bank = ImageBank(data.train_images, stream.remap(data.train_labels), spec.image, device,
-                           spec.test_transform, spec.train_transform)
+                           spec.test_transform, spec.train_transform, placement=exec_cfg.data_placement)
     test_bank = ImageBank(data.test_images, stream.remap(data.test_labels), spec.image, device, spec.test_transform)
     method.ctx.train_bank = train_bank  # for hooks that pass over the task's data before training (InfLoRA)
-    return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank, val_stream, val_record)
+    prefetch = use_prefetch(exec_cfg.prefetch, device)
+    return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank, val_stream, val_record,
+                 prefetch=prefetch)
 
 
 @torch.no_grad()
@@ -164,7 +170,8 @@ def train_task(
     cfg, model, method = s.cfg, s.model, s.method
     method.begin_task(model, task)
     saved = _load_epoch_checkpoint(epoch_ckpt, s, task) if epoch_ckpt is not None and epoch_ckpt.exists() else None
-    opt = torch.optim.AdamW(method.parameter_groups(model, task), weight_decay=cfg.train.weight_decay)
+    # foreach: one kernel per op over all parameters (bit-identical to the per-tensor loop, faster on CPU)
+    opt = torch.optim.AdamW(method.parameter_groups(model, task), weight_decay=cfg.train.weight_decay, foreach=True)
     sched = make_scheduler(opt, cfg.train)
     indices = method.train_indices(task)
     g = generator(cfg.seed, "batches", task.index)
@@ -173,32 +180,23 @@ def train_task(
     if saved is not None:  # after the model and method: the optimiser state refers to the restored parameters
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
-        g.set_state(saved["batches"])
+        restore_rngs(saved, s.method, g)
         first = saved["epochs_done"]
         norms = saved.get("grad_norms", norms)
         log(f"resumed at task {task.index}, epoch {first} of {cfg.train.epochs} (from {epoch_ckpt.name})")
     model.train()
+    heads = {id(p) for p in model.heads.parameters()}
     for epoch in range(first, cfg.train.epochs):
         passes = (  # `epoch_repeats` passes per epoch; augmentation seeded per (task, epoch, pass, batch)
             batch
             for r in range(cfg.train.epoch_repeats)
             for batch in s.train_bank.iterate(indices, cfg.train.batch_size, g, augment=(cfg.seed, "augment", task.index, epoch, r))
         )
-        for step, (x, y) in enumerate(passes):
-            with autocast(s.device):
-                loss = method.training_loss(model, x, y, task)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{cfg.method} on {cfg.benchmark} (seed {cfg.seed}): loss is {loss.item()} at task {task.index}, "
-                    f"epoch {epoch}, step {step}; no result recorded. Lower the learning rates or check the data."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            method.after_backward(model, task)
-            if len(norms["all"]) < GRAD_NORM_STEPS:
-                _record_grad_norm(norms, opt, model)
-            opt.step()
-            s.tracker.step(task.index, loss, opt)
+        if s.prefetch:  # one epoch at a time: the batch-order generator is never drawn past the epoch's end
+            passes = Prefetcher(passes, s.device)
+        watch = EpochWatch(norm_steps=GRAD_NORM_STEPS - len(norms["all"]))
+        run_epoch(s, task, opt, passes, watch, heads)
+        watch.check(cfg, task.index, epoch, norms)  # the epoch's one device→host sync
         sched.step()
         method.end_epoch(model, task, epoch)
         if epoch_ckpt is not None:
@@ -208,10 +206,51 @@ def train_task(
     return norms
 
 
+@dataclass
+class EpochWatch:
+    """What the step loop records without synchronising with the device: each step's loss and, for the first
+    `norm_steps` steps, the gradient norms, as device tensors. `check` reads them once, at the end of the epoch."""
+
+    norm_steps: int
+    losses: list[torch.Tensor] = field(default_factory=list)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)  # per step: [‖g‖ all, ‖g‖ backbone]
+
+    def check(self, cfg: RunConfig, task: int, epoch: int, norms: dict[str, list[float]]) -> None:
+        """Raise TrainingDiverged at the first non-finite loss of the epoch; append the gradient norms to `norms`."""
+        if self.losses:
+            losses = torch.stack(self.losses)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                step = int(bad[0, 0])
+                raise TrainingDiverged(
+                    f"{cfg.method} on {cfg.benchmark} (seed {cfg.seed}): loss is {losses[step].item()} at task {task}, "
+                    f"epoch {epoch}, step {step}; no result recorded. Lower the learning rates or check the data."
+                )
+        for pair in torch.stack(self.grad_norms).tolist() if self.grad_norms else []:
+            norms["all"].append(pair[0])
+            norms["backbone"].append(pair[1])
+
+
+def run_epoch(s: Setup, task: Task, opt: torch.optim.Optimizer, batches, watch: EpochWatch, heads: set[int]) -> None:
+    """The step loop of one epoch. It never waits for the device (no .item(), bool(tensor), blocking copy or tensor
+    built from Python data: tests/test_gpu_path.py counts them); divergence and the gradient norms go to `watch`."""
+    model, method = s.model, s.method
+    for x, y in batches:
+        with autocast(s.device):
+            loss = method.training_loss(model, x, y, task)
+        watch.losses.append(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        method.after_backward(model, task)
+        if len(watch.grad_norms) < watch.norm_steps:
+            watch.grad_norms.append(_grad_norms(opt, heads))
+        opt.step()
+        s.tracker.step(task.index, loss, opt)  # a no-op unless --log is given (reading the loss syncs)
+
+
 @torch.no_grad()
-def _record_grad_norm(norms: dict[str, list[float]], opt: torch.optim.Optimizer, model: CLModel) -> None:
-    """Append ‖g‖₂ over all optimised parameters and over those outside the heads (one sync per step, first steps only)."""
-    heads = {id(p) for p in model.heads.parameters()}
+def _grad_norms(opt: torch.optim.Optimizer, heads: set[int]) -> torch.Tensor:
+    """[‖g‖₂ over all optimised parameters, over those outside the heads (ids in `heads`)], on the device."""
     sq_all, sq_backbone = [], []
     for group in opt.param_groups:
         for p in group["params"]:
@@ -220,8 +259,8 @@ def _record_grad_norm(norms: dict[str, list[float]], opt: torch.optim.Optimizer,
                 sq_all.append(sq)
                 if id(p) not in heads:
                     sq_backbone.append(sq)
-    for key, sq in (("all", sq_all), ("backbone", sq_backbone)):
-        norms[key].append(float(torch.stack(sq).sum().sqrt()) if sq else 0.0)
+    device = opt.param_groups[0]["params"][0].device
+    return torch.stack([torch.stack(sq).sum().sqrt() if sq else torch.zeros((), device=device) for sq in (sq_all, sq_backbone)])
 
 
 def _save_epoch_checkpoint(
@@ -233,35 +272,45 @@ def _save_epoch_checkpoint(
             "task": task.index,
             "epochs_done": epochs_done,
             "model": s.model.trainable_state(),
-            "method": s.method.state_dict(),
-            "method_rng": s.method.rng_state(),
+            "method": s.method.state_dict() if s.method.state_changes_in_task else None,  # else: in checkpoint.pt
+            # generator states as NumPy arrays: map_location never moves them (rng_to_host)
+            "method_rng": rng_to_host(s.method.rng_state()),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-            "batches": g.get_state(),
+            "batches": rng_to_host(g.get_state()),
             "grad_norms": grad_norms,
             # Nothing in the loop should draw from the global RNGs; saved anyway so that a library that does
             # (e.g. dropout) still resumes exactly.
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if s.device.type == "cuda" else None,
+            "torch_rng": rng_to_host(torch.get_rng_state()),
+            "cuda_rng": rng_to_host(torch.cuda.get_rng_state_all()) if s.device.type == "cuda" else None,
         },
         path,
     )
 
 
 def _load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
-    """Restore model, method state and generators from an epoch checkpoint of `task`; None if it is for another task."""
+    """Restore model and method state from an epoch checkpoint of `task` (its generators: `restore_rngs`); None if it
+    is for another task."""
     ckpt = torch.load(path, map_location=s.device, weights_only=False)
     if ckpt["run_id"] != s.cfg.run_id():
         raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
     if ckpt["task"] != task.index:  # stale: written before the task checkpoint that superseded it
         return None
     s.model.load_trainable_state(ckpt["model"])
-    s.method.load_state_dict(ckpt["method"])
-    s.method.load_rng_state(ckpt["method_rng"])
-    torch.set_rng_state(ckpt["torch_rng"].cpu())
-    if ckpt["cuda_rng"] is not None and len(ckpt["cuda_rng"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["cuda_rng"]])
+    if ckpt["method"] is not None:  # None: begin_task has already rebuilt it from the task checkpoint's state
+        s.method.load_state_dict(ckpt["method"])
     return ckpt
+
+
+def restore_rngs(ckpt: dict, method: Method, batches: torch.Generator) -> None:
+    """Set the method's generators, the batch-order generator and torch's global RNGs to an epoch checkpoint's
+    states, as CPU byte tensors whatever device the checkpoint was loaded onto (Generator.set_state rejects others)."""
+    method.load_rng_state(rng_from_host(ckpt["method_rng"]))
+    batches.set_state(rng_from_host(ckpt["batches"]))
+    torch.set_rng_state(rng_from_host(ckpt["torch_rng"]))
+    cuda = ckpt["cuda_rng"]
+    if cuda is not None and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng_from_host(list(cuda)))
 
 
 def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:

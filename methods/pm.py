@@ -65,6 +65,7 @@ class PerturbAndMerge(Method):
     Params = PMParams
     constant_memory = True
     reconstruction = "Fisher estimator and space (effective k/v weights), streaming sums, clipping: no official code"
+    state_changes_in_task = False  # S0, S1, D̂ change only in end_task
 
     def __init__(self, params: PMParams, ctx):
         super().__init__(params, ctx)
@@ -72,17 +73,24 @@ class PerturbAndMerge(Method):
         self.s1: dict[str, torch.Tensor] | None = None  # Σ F_i ⊙ (θ*_i − W0)
         self.dhat: dict[str, torch.Tensor] | None = None  # θ̂ − W0
         self._rng: torch.Generator | None = None
+        self._noise_rng: torch.Generator | None = None
         self._counts = [0, 0, 0]
 
     # ---- training with perturbation -------------------------------------------------------------------------
     def begin_task(self, model, task) -> None:
         super().begin_task(model, task)
         self._rng = generator(self.seed, "pm-perturbation", task.index)
+        # pm-gauss noise: on CPU from the sign generator (one stream, as always); on a GPU from a generator on the
+        # device, so that no noise matrix is copied host→device every step
+        device = self.ctx.device
+        self._noise_rng = (
+            self._rng if device.type == "cpu" else generator(self.seed, "pm-gauss-noise", task.index, device=device)
+        )
         self._counts = [0, 0, 0]
 
     def draw_sign(self) -> int:
         assert self._rng is not None
-        k = int(torch.randint(len(SIGNS), (1,), generator=self._rng))
+        k = torch.randint(len(SIGNS), (1,), generator=self._rng).tolist()[0]  # a host draw: no scalar read
         self._counts[k] += 1
         return SIGNS[k]
 
@@ -106,7 +114,7 @@ class PerturbAndMerge(Method):
         handles = []
         delta, layers = model.delta(name), model.lora_layers()
         for n in sorted(delta):
-            noise = torch.randn(delta[n].shape, generator=self._rng).to(delta[n].device)
+            noise = torch.randn(delta[n].shape, generator=self._noise_rng, device=self._noise_rng.device)
             scale = delta[n].norm() / noise.norm().clamp(min=1e-12)
             direction = noise * scale
 

@@ -1,0 +1,211 @@
+"""Training throughput of the real loop (seq-lora and P&M) and the ImageNet-R-10 full-schedule wall time it implies.
+
+Synthetic uint8 images (stored side 256, as the prepared cache stores ImageNet-like data; a NumPy array, the type of
+the cache's memory map, so batches take ImageBank's cache path: gather → device → the protocol's augmentation) feed
+the trainer's own step loop (`harness.trainer.run_epoch`) with the imagenet-r-10 configuration under the `pm`
+protocol (AutoAugment + RandomResizedCrop 224, batch 256, 10 epochs × 10 passes, temperature 30) on the
+`vit-b16-random` backbone (ViT-B/16 architecture, seeded random init: no download; speed does not depend on the
+weights). Printed per method:
+
+- img/s and ms/step of training steps (after warm-up steps), peak device memory;
+- MFU: FLOPs of one training step (forward + backward, counted by torch.utils.flop_counter) per second over the
+  device's dense bf16 peak (table below, or --peak-tflops);
+- end-of-task seconds (P&M: the Fisher pass + merge; seq-lora: the fold), scaled to ImageNet-R-10's task size;
+- epoch-checkpoint seconds and evaluation img/s;
+- the extrapolated full schedule: 10 tasks × 10 epochs × 10 passes over 2,400 images (ImageNet-R's 30,000 images,
+  80 % train, in 10 tasks) at the measured img/s, plus 10 end-of-task passes, 100 epoch checkpoints and the
+  evaluations (after task t: the test images of tasks ≤ t, 600 per task); and P&M / seq-lora.
+
+    python benchmarks/gpu_throughput.py                        # on the GPU (about 5 minutes on one H100/H200)
+    python benchmarks/gpu_throughput.py --device cpu --tiny    # a 2-block 16-px model on 20-px images: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
+
+from harness.augment import TestTransform  # noqa: E402
+from harness.backbone import CLModel  # noqa: E402
+from harness.config import resolve, run_spec  # noqa: E402
+from harness.data import ImageBank  # noqa: E402
+from harness.method import MethodContext, TaskData  # noqa: E402
+from harness.registry import get_method  # noqa: E402
+from harness.schema import from_dict  # noqa: E402
+from harness.spec import ImageSpec  # noqa: E402
+from harness.stream import build_stream  # noqa: E402
+from harness.trainer import (  # noqa: E402
+    EpochWatch, Setup, _save_epoch_checkpoint, autocast, evaluate, make_scheduler, pick_device, run_epoch,
+)
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first matching name wins.
+BF16_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
+# ImageNet-R-10 under the pm protocol (datasets/imagenet-r-10.yaml, datasets/protocols/pm.yaml)
+IR_TASKS, IR_TRAIN_PER_TASK, IR_TEST_PER_TASK, IR_EPOCHS, IR_PASSES = 10, 2400, 600, 10, 10
+
+
+def device_peak(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    if override:
+        return override * 1e12, f"{override:g} TFLOP/s (given)"
+    if device.type != "cuda":
+        return None, "no bf16 peak for this device (pass --peak-tflops)"
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in BF16_PEAK_TFLOPS:
+        if key in name:
+            return tflops * 1e12, f"{name}: {tflops:g} TFLOP/s dense bf16 (data sheet)"
+    return None, f"{name}: unknown bf16 peak (pass --peak-tflops)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def setup(method: str, args, device: torch.device) -> Setup:
+    """The trainer's Setup for imagenet-r-10 (pm protocol) on synthetic images of 200 classes."""
+    overrides = {"backbone.preset": "vit-micro-rgb-test" if args.tiny else "vit-b16-random"}
+    if args.batch_size:
+        overrides["train.batch_size"] = args.batch_size
+    cfg = resolve("imagenet-r-10", method, seed=0, overrides=overrides)
+    spec = run_spec(cfg)
+    train_t, test_t, image = spec.train_transform, spec.test_transform, spec.image
+    stored = 256
+    if args.tiny:  # 20-px stored images, 16-px model input, same transforms otherwise
+        stored, train_t, test_t = 20, replace(train_t, size=16), TestTransform(resize=18, center_crop=16)
+        image = ImageSpec(size=16, channels=3, mean=list(image.mean), std=list(image.std))
+    per_class = max(1, args.images // spec.num_classes)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(spec.num_classes), per_class)
+    images = rng.integers(0, 256, (len(labels), 3, stored, stored), dtype=np.uint8)
+    test_labels = np.repeat(np.arange(spec.num_classes), max(1, per_class // 4))
+    stream = build_stream(spec, cfg.order_seed, labels, test_labels)
+    model = CLModel(cfg.backbone).to(device)
+    cls = get_method(method)
+    m = cls(from_dict(cls.Params, dict(cfg.method_params), method), MethodContext(config=cfg, stream=stream, device=device))
+    train_bank = ImageBank(images, stream.remap(labels), image, device, test_t, train_t)
+    test_images = rng.integers(0, 256, (len(test_labels), 3, stored, stored), dtype=np.uint8)
+    test_bank = ImageBank(test_images, stream.remap(test_labels), image, device, test_t)
+    m.ctx.train_bank = train_bank
+    return Setup(cfg, spec, None, stream, device, model, m, train_bank, test_bank)
+
+
+def endless(s: Setup, indices: np.ndarray, batch_size: int):
+    g = torch.Generator().manual_seed(0)
+    for epoch in itertools.count():
+        yield from s.train_bank.iterate(indices, batch_size, g, augment=(0, "bench", epoch))
+
+
+def measure(method: str, args, device: torch.device) -> dict:
+    s = setup(method, args, device)
+    task = s.stream.tasks[0]
+    s.method.begin_task(s.model, task)
+    opt = torch.optim.AdamW(s.method.parameter_groups(s.model, task), weight_decay=s.cfg.train.weight_decay)
+    heads = {id(p) for p in s.model.heads.parameters()}
+    bs = s.cfg.train.batch_size
+    batches = endless(s, task.train_indices, bs)
+    s.model.train()
+    run_epoch(s, task, opt, itertools.islice(batches, args.warmup), EpochWatch(norm_steps=0), heads)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    watch = EpochWatch(norm_steps=0)
+    run_epoch(s, task, opt, itertools.islice(batches, args.steps), watch, heads)
+    sync(device)
+    step_s = (time.perf_counter() - start) / args.steps
+    watch.check(s.cfg, task.index, 0, {"all": [], "backbone": []})
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = next(batches)
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device):
+            loss = s.method.training_loss(s.model, x, y, task)
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sched = make_scheduler(opt, s.cfg.train)
+        start = time.perf_counter()
+        _save_epoch_checkpoint(Path(tmp) / "c.epoch.pt", s, task, 1, opt, sched, torch.Generator(), {})
+        ckpt_s = time.perf_counter() - start
+
+    n_task = len(task.train_indices)
+    sync(device)
+    start = time.perf_counter()
+    s.method.end_task(s.model, task, TaskData(s.train_bank, task.train_indices))
+    sync(device)
+    end_task_s = time.perf_counter() - start
+
+    n_test = len(task.test_indices)
+    start = time.perf_counter()
+    evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, 0, s.cfg.train.eval_batch_size)
+    sync(device)
+    eval_ips = n_test / (time.perf_counter() - start)
+    return {"step_s": step_s, "img_s": bs / step_s, "flops": flops, "peak_gib": peak_mem, "ckpt_s": ckpt_s,
+            "end_task_s": end_task_s * IR_TRAIN_PER_TASK / n_task, "eval_img_s": eval_ips}
+
+
+def full_schedule_s(r: dict) -> float:
+    """ImageNet-R-10, pm protocol: training image-steps at the measured rate + end-of-task passes + checkpoints + evals."""
+    train = IR_TASKS * IR_EPOCHS * IR_PASSES * IR_TRAIN_PER_TASK / r["img_s"]
+    evals = sum((t + 1) * IR_TEST_PER_TASK for t in range(IR_TASKS)) / r["eval_img_s"]
+    return train + IR_TASKS * r["end_task_s"] + IR_TASKS * IR_EPOCHS * r["ckpt_s"] + evals
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--tiny", action="store_true", help="a 2-block 16-px model on 20-px images (CPU check, < 2 min)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 50; tiny 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; tiny 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the pm protocol's 256 (tiny: 16)")
+    p.add_argument("--images", type=int, default=None, help="synthetic training images (default 4000; tiny 400)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU")
+    p.add_argument("--methods", default="seq-lora,pm")
+    args = p.parse_args(argv)
+    args.steps = args.steps or (3 if args.tiny else 50)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
+    args.batch_size = args.batch_size or (16 if args.tiny else None)
+    args.images = args.images or (400 if args.tiny else 4000)
+    device = pick_device(args.device)
+    peak, peak_note = device_peak(device, args.peak_tflops)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    print(f"device {device} | {peak_note} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    results = {}
+    for method in args.methods.split(","):
+        r = measure(method, args, device)
+        r["mfu"] = r["flops"] / r["step_s"] / peak if peak else float("nan")
+        r["full_s"] = full_schedule_s(r)
+        results[method] = r
+    cols = ("img/s", "ms/step", "MFU %", "peak GiB", "end-task s/task", "ckpt s", "eval img/s", "IR-10 full min")
+    print("| method | " + " | ".join(cols) + " |")
+    print("|" + "---|" * (len(cols) + 1))
+    for method, r in results.items():
+        vals = (r["img_s"], r["step_s"] * 1e3, 100 * r["mfu"], r["peak_gib"], r["end_task_s"], r["ckpt_s"],
+                r["eval_img_s"], r["full_s"] / 60)
+        print(f"| {method} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.4g}" for v in vals) + " |")
+    if "pm" in results and "seq-lora" in results:
+        ratio = results["pm"]["full_s"] / results["seq-lora"]["full_s"]
+        results["pm_over_seq_lora"] = ratio
+        print(f"P&M / seq-lora full-schedule wall time: {ratio:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

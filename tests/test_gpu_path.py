@@ -1,0 +1,272 @@
+"""The GPU path, proven on CPU: RNG states survive any `map_location`, the step loop never synchronises with the
+device, and the data/compile options give the same numbers as the plain loop."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+
+from harness.config import ExecConfig, resolve
+from harness.registry import get_method, method_names
+from harness.run import execute
+from harness.seeding import rng_from_host
+from harness.store import run_dir
+from harness.trainer import build, restore_rngs
+from tests.conftest import FAST
+from tests.fakes import crash_in_task_1
+
+QUIET = ExecConfig(progress=False)
+
+
+def test_epoch_checkpoint_rng_states_restore_from_any_map_location(results, monkeypatch):
+    """A CUDA resume loads the epoch checkpoint with map_location=cuda, and Generator.set_state accepts only CPU byte
+    tensors. Here the checkpoint is loaded onto the meta device (tensors moved off the host, as a GPU load does):
+    every generator state must still restore, bit-equal to a CPU load."""
+    cfg = resolve("split-digits-2x5", "pm", seed=4, overrides={**FAST, "train.epochs": 3})
+    crash_in_task_1(monkeypatch, get_method("pm"), cfg, epochs_done=1)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, QUIET)
+    path = run_dir(cfg) / "checkpoint.epoch.pt"
+    on_cpu = torch.load(path, map_location="cpu", weights_only=False)
+    on_meta = torch.load(path, map_location="meta", weights_only=False)
+    assert on_cpu["method"] is None  # P&M's sums live in checkpoint.pt only (written once per task)
+    assert on_meta["model"]["merged"] and all(t.is_meta for t in on_meta["model"]["merged"].values())  # it did move
+
+    s = build(cfg, QUIET)
+    s.method.begin_task(s.model, s.stream.tasks[1])
+    g = torch.Generator()
+    with torch.random.fork_rng(devices=[]):
+        restore_rngs(on_meta, s.method, g)
+        assert torch.equal(torch.get_rng_state(), rng_from_host(on_cpu["torch_rng"]))
+    assert torch.equal(g.get_state(), rng_from_host(on_cpu["batches"]))
+    restored = s.method.rng_state()
+    expected = rng_from_host(on_cpu["method_rng"])
+    assert set(restored) == set(expected) and "_rng" in restored  # P&M's perturbation sampler and its counts
+    for k, v in expected.items():
+        assert torch.equal(restored[k], v) if isinstance(v, torch.Tensor) else restored[k] == v
+
+
+class SyncCounter:
+    """Counts, while active, what would make the host wait for a GPU: scalar reads of tensors (`.item()`, `float()`,
+    `int()`, `bool()` → aten._local_scalar_dense, which fires on CPU too), data-dependent shapes (nonzero), copies
+    that change device, boolean-mask indexing, `.to(device)`/`.cuda()`/`.copy_` that name a device without non_blocking=True, and tensors
+    built from Python data with a device (`torch.tensor(..., device=...)`: a blocking host→device copy on CUDA). On
+    CPU nothing changes device, so the last two are caught by how the call is written, not by what it does."""
+
+    SCALAR_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item")
+
+    def __init__(self):
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.events: list[str] = []
+        counter = self
+
+        def event(what: str) -> None:
+            # torch.optim keeps Adam's step counts on the host by design (non-capturable): reading them is no sync
+            if not any("/torch/optim/" in f.filename for f in traceback.extract_stack()):
+                counter.events.append(what)
+
+        class Dispatch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = str(func)
+                if name.startswith(SyncCounter.SCALAR_OPS):
+                    event(name)
+                if name.startswith(("aten.index.Tensor", "aten.index_put")) and any(  # boolean mask: nonzero inside
+                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
+                ):
+                    event(f"{name} with a boolean mask")
+                out = func(*args, **kwargs)
+                if name.startswith(("aten._to_copy", "aten.copy_")) and isinstance(out, torch.Tensor):
+                    src = args[1] if name.startswith("aten.copy_") else args[0]
+                    if isinstance(src, torch.Tensor) and src.device != out.device:
+                        event(f"{name} {src.device}->{out.device}")
+                return out
+
+        class Function(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", str(func))
+                if name in ("to", "cuda", "copy_") and not kwargs.get("non_blocking", False):
+                    named = [a for a in args[1:] if isinstance(a, (torch.device, str))] + (
+                        [kwargs["device"]] if "device" in kwargs else []
+                    )
+                    if name == "cuda" or (name == "copy_" and args[0].device != args[1].device) or named:
+                        event(f"blocking .{name}({named})")
+                if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
+                    event(f"torch.{name}(..., device={kwargs['device']})")
+                return func(*args, **kwargs)
+
+        self._modes = (Function(), Dispatch())
+
+    def __enter__(self):
+        for m in self._modes:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self._modes):
+            m.__exit__(*exc)
+
+
+def test_sync_counter_catches_what_it_must():
+    """The counter is not blind: each pattern the step loop must avoid is counted once."""
+    x = torch.ones(3)
+    cases = [
+        lambda: x.sum().item(), lambda: float(x.sum()), lambda: bool(x.sum() > 0), lambda: x[x > 0],
+        lambda: x.to("cpu"), lambda: x.to(device=torch.device("cpu")), lambda: torch.tensor([1, 2], device="cpu"),
+    ]
+    for case in cases:
+        with SyncCounter() as c:
+            case()
+        assert len(c.events) >= 1, case
+    with SyncCounter() as c:  # and these are allowed: host draws read as lists, async copies, device factories
+        torch.randint(3, (4,), generator=torch.Generator().manual_seed(0)).tolist()
+        x.to("cpu", non_blocking=True)
+        torch.zeros((), device="cpu")
+        (x * 2).sum()
+    assert c.events == []
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_step_loop_never_synchronises(results, monkeypatch, method):
+    """A few training steps of every registered method, over two tasks (so that the task-≥1 paths — penalties,
+    gradient projection, perturbation — run), with every epoch's step loop (data included) under the counter."""
+    import harness.trainer as trainer
+
+    import dataclasses
+
+    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**FAST, "train.batch_size": 24})
+    events: list[str] = []
+    steps = [0]
+    original = trainer.run_epoch
+
+    def counted(s, task, opt, batches, watch, heads):
+        with SyncCounter() as c:
+            original(s, task, opt, batches, watch, heads)
+        events.extend(c.events)
+        steps[0] += len(watch.losses)
+
+    monkeypatch.setattr(trainer, "run_epoch", counted)
+    s = trainer.build(cfg, QUIET)
+    small = tuple(  # 48 training images a task (2 steps), 16 test images: every hook runs, on less data
+        dataclasses.replace(t, train_indices=t.train_indices[:48], test_indices=t.test_indices[:16]) for t in s.stream.tasks
+    )
+    s.stream = s.method.ctx.stream = dataclasses.replace(s.stream, tasks=small)
+    state = trainer.run_tasks(s, QUIET, stop_after=2)
+    assert state.tasks_done == 2 and steps[0] >= 4
+    assert events == [], f"{method}: the step loop synchronises: {sorted(set(events))}"
+
+
+def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
+    """benchmarks/gpu_throughput.py --device cpu --tiny: the script cannot rot (its GPU run is the same code)."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
+    spec = importlib.util.spec_from_file_location("gpu_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "0", "--images", "200"])
+    for method in ("seq-lora", "pm"):
+        r = out[method]
+        assert r["flops"] > 0 and r["img_s"] > 0 and math.isnan(r["mfu"])  # no CPU peak: MFU is n/a, not invented
+        assert r["end_task_s"] > 0 and r["ckpt_s"] > 0 and math.isfinite(r["full_s"]) and r["full_s"] > 0
+    assert out["pm_over_seq_lora"] == pytest.approx(out["pm"]["full_s"] / out["seq-lora"]["full_s"])
+
+
+def test_prefetcher_yields_the_same_batches_and_stops_cleanly():
+    import threading
+
+    from harness.prefetch import Prefetcher
+
+    items = [(torch.full((2,), float(i)), torch.tensor([i])) for i in range(7)]
+    got = list(Prefetcher(iter(items), torch.device("cpu"), depth=2))
+    assert len(got) == 7 and all(a is x and b is y for (a, b), (x, y) in zip(got, items))
+
+    def failing():
+        yield items[0]
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(Prefetcher(failing(), torch.device("cpu")))
+    before = threading.active_count()
+    for _ in Prefetcher(iter(items), torch.device("cpu"), depth=1):
+        break  # the consumer stops early (e.g. a kill): the thread must end, not block on a full queue
+    assert threading.active_count() == before
+
+
+def test_prefetching_changes_no_result_and_resumes_exactly(results, monkeypatch):
+    """A P&M run with the data prefetched on a thread, killed mid-epoch and resumed, ends exactly like the plain loop."""
+    cfg = resolve("split-digits-2x5", "pm", seed=4, overrides={**FAST, "train.epochs": 2})
+    reference = run_tasks_plain(cfg)
+    on = ExecConfig(progress=False, prefetch="on")
+    crash_in_task_1(monkeypatch, get_method("pm"), cfg, epochs_done=1)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, on)
+    monkeypatch.setattr(get_method("pm"), "training_loss", crash_training_loss_original)
+    execute(cfg, on)
+    import json
+
+    result = json.loads((run_dir(cfg) / "result.json").read_text())
+    assert result["acc_matrix"] == reference.acc and result["method_records"] == reference.method_records
+    assert result["grad_norms"] == reference.grad_norms
+
+
+crash_training_loss_original = get_method("pm").training_loss
+
+
+def run_tasks_plain(cfg):
+    from harness.trainer import run_tasks
+
+    plain = ExecConfig(progress=False, prefetch="off")
+    return run_tasks(build(cfg, plain), plain)
+
+
+def test_device_resident_images_give_the_same_batches():
+    """data_placement=device (the whole uint8 set on the device, gathered there) draws exactly the batches of the
+    host/memory-map path, augmentation included; a bad setting is a clear error."""
+    import numpy as np
+
+    from harness.augment import TestTransform, TrainTransform
+    from harness.data import ImageBank, resident_on_device
+    from harness.errors import ConfigError
+    from harness.spec import ImageSpec
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 20, 20), dtype=np.uint8)
+    labels = rng.integers(0, 4, 40)
+    spec = ImageSpec(size=16, channels=3, mean=[0.5] * 3, std=[0.5] * 3)
+    train = TrainTransform(autoaugment="imagenet", size=16, flip=True)
+    test = TestTransform(resize=18, center_crop=16)
+    cpu = torch.device("cpu")
+    banks = [ImageBank(images, labels, spec, cpu, test, train, placement=p) for p in ("host", "device")]
+    assert banks[0]._resident is None and banks[1]._resident is not None
+    runs = [list(b.iterate(np.arange(40), 16, torch.Generator().manual_seed(3), augment=(0, "aug"))) for b in banks]
+    for (xa, ya), (xb, yb) in zip(*runs, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not resident_on_device("auto", images, cpu)
+    with pytest.raises(ConfigError, match="auto, host or device"):
+        resident_on_device("gpu", images, cpu)
+
+
+def test_batched_crop_path_is_sync_free_after_its_first_batch():
+    """The CUDA crop path (boxes and flips copied once per batch, cached normalisation constants), run on CPU."""
+    from harness import augment
+    from harness.augment import _to_device, _to_unit, draw_crop_boxes, resized_crop_batch
+
+    augment._AFFINE.clear()  # as in a fresh process
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8, generator=g)
+    for first in (True, False):
+        boxes = draw_crop_boxes(8, 20, 20, [0.08, 1.0], [0.75, 4 / 3], g)
+        flip = torch.rand(8, generator=g) < 0.5
+        packed = _to_device(torch.cat([boxes.double(), flip.double()[:, None]], 1), u8.device)
+        with SyncCounter() as c:
+            x = resized_crop_batch(u8.float(), packed[:, :4], 16, "bilinear", packed[:, 4] > 0.5)
+            _to_unit(x, clamp=False, mean=[0.5] * 3, std=[0.5] * 3)
+        assert (c.events != []) == first  # the first batch puts the normalisation constants on the device, once
