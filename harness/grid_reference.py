@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.io import atomic_write_json, read_json
 from harness.paths import project_root
-from harness.verdicts import REPRODUCED, bound_of, verdict
+from harness.verdicts import REPRODUCED, bound_of, delta_text, verdict
 
 JUDGED = (("a_last", "A_last"), ("a_avg", "A_avg"))  # metrics with a verdict; the rest are shown in the report only
 STALE = "stale reference"
@@ -123,7 +123,7 @@ def render(rows: list[RowVerdict], reference: dict, grid: str) -> str:
              "| benchmark | method | Δ A_last | Δ A_avg | bound (A_last / A_avg) | cells identical | verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        d = [f"{r.deltas[k]:+.2f}" if k in r.deltas else "–" for k, _ in JUDGED]
+        d = [delta_text(r.deltas[k], r.bounds.get(k, 0.0)) if k in r.deltas else "–" for k, _ in JUDGED]
         b = " / ".join(f"{r.bounds[k]:.2f}" for k, _ in JUDGED) if r.bounds else "–"
         ident = f"{r.identical_cells}/{r.n}" if r.deltas else "–"
         lines.append(f"| {r.benchmark} | {r.method} | {d[0]} | {d[1]} | {b} | {ident} | {r.verdict} |")
