@@ -277,12 +277,7 @@ def render_markdown(resolved: ResolvedTable, lines: list[Line], env: dict[str, A
             "Δ and bound in percentage points."]
     if any(ln.entry.published and ln.entry.published.std is not None and ln.n_published is None for ln in lines):
         out += ["", "Where a published std comes without a seed count, it is treated as a standard error (n_pub = 1)."]
-    status = _status_lines(lines, status_cmd)
-    if status:
-        out += ["", "**Cells not counted**", ""] + [f"- {s}" for s in status]
-    recon = _reconstructions(lines)
-    if recon:
-        out += ["", "**Reconstructed methods**", ""] + [f"- {r}" for r in recon]
+    out += _not_counted_and_reconstructed(lines, status_cmd)
     proto = _protocol_lines(resolved)
     if proto:
         out += ["", "**Protocol of the clmerge cells**", ""] + [f"- {p}" for p in proto]
@@ -290,6 +285,18 @@ def render_markdown(resolved: ResolvedTable, lines: list[Line], env: dict[str, A
         out += ["", "**Notes**", ""] + [f"{i}. {t}" for i, t in enumerate(notes, 1)]
     out += ["", "**Environment** (from the finished runs' result.json)", ""] + [f"- {x}" for x in env_lines(env)]
     return "\n".join(out) + "\n"
+
+
+def _not_counted_and_reconstructed(lines: list[Line], status_cmd: str) -> list[str]:
+    """Footer sections shared by both Markdown reports: cells left out of the means, and reconstructed methods."""
+    out: list[str] = []
+    status = _status_lines(lines, status_cmd)
+    if status:
+        out += ["", "**Cells not counted**", ""] + [f"- {s}" for s in status]
+    recon = _reconstructions(lines)
+    if recon:
+        out += ["", "**Reconstructed methods**", ""] + [f"- {r}" for r in recon]
+    return out
 
 
 def _render_grid_markdown(resolved: ResolvedTable, lines: list[Line], env: dict[str, Any], status_cmd: str) -> str:
@@ -303,12 +310,7 @@ def _render_grid_markdown(resolved: ResolvedTable, lines: list[Line], env: dict[
     out += ["", "Mean ± std (ddof = 1) over the n finished seeds, in %. A_last: accuracy on all seen classes after the last "
             "task (sample-weighted); A_avg: mean of that accuracy after each task; Forgetting: mean over old tasks of "
             "best-ever minus final accuracy."]
-    status = _status_lines(lines, status_cmd)
-    if status:
-        out += ["", "**Cells not counted**", ""] + [f"- {s}" for s in status]
-    recon = _reconstructions(lines)
-    if recon:
-        out += ["", "**Reconstructed methods**", ""] + [f"- {r}" for r in recon]
+    out += _not_counted_and_reconstructed(lines, status_cmd)
     out += ["", "**Environment** (from the finished runs' result.json)", ""] + [f"- {x}" for x in env_lines(env)]
     return "\n".join(out) + "\n"
 
