@@ -117,7 +117,7 @@ def test_array_completes_and_report_equals_local(slurm_cluster, tmp_path, result
 
     local_root = tmp_path / "local"  # same grid, local executor, one thread per run as in the SLURM jobs
     assert {o.status for o in dispatch(cells, "local", local_root, max_parallel=2, log=lambda _: None)} == {"done"}
-    md_local, _ = report("arr", cells, local_root)
+    md_local, _ = report("arr", cells, local_root, grid=load_grid(grid), against=["seq-lora"])  # the CLI's default
     assert md_slurm == md_local.strip()
     for c in cells:  # stronger than the rounded table: the accuracy matrices are identical
         a = json.loads((run_dir(c, results) / "result.json").read_text())
