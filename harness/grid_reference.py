@@ -135,7 +135,7 @@ def render(rows: list[RowVerdict], reference: dict, grid: str) -> str:
     lines += ["", f"{ok} of {len(rows)} rows reproduced ({cells} of {total} cells in reproduced rows; {ident} cells "
                   f"bit-identical to the reference). Rule: Δ = ours − reference (mean over seeds, %), reproduced iff "
                   f"|Δ| ≤ max(1 pp, 2·√(σ_ours²/n_ours + σ_ref²/n_ref)) for A_last and A_avg. Reference made by "
-                  f"`{reference.get('command', '?')}` on {env.get('cpu', '?')} (torch {env.get('torch', '?')}, "
+                  f"`{reference.get('command', '?')}` on {env.get('cpu', '?')} (torch {env.get('packages', {}).get('torch', '?')}, "
                   f"{env.get('torch_threads', '?')} thread(s) per cell)."]
     if any(r.verdict == STALE for r in rows):
         lines.append(f"Stale rows: the cells' configs (run ids) are not the reference's — a default or method changed. "
