@@ -152,7 +152,6 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     if args.retry_failed:
         cells = _failed(cells)
         print(f"--retry-failed: {len(cells)} failed cell(s) to run again")
-    _ensure_backbones(cells)
     per_job = args.cells_per_job or 1
     if args.cells_per_job is None and pack and args.executor == "local":
         # `reproduce`: small CPU cells, so about three jobs per worker instead of one process per cell.
@@ -235,7 +234,6 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         for c in cells:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
-    _ensure_backbones(cells)
     sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
@@ -257,17 +255,6 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         print("\n" + format_statuses(failed), file=sys.stderr)
         return 1
     return 0
-
-
-def _ensure_backbones(cells) -> None:
-    """Check every shipped backbone file the cells load (exists, pinned SHA-256) before anything is submitted."""
-    from harness.backbone import PRESETS
-    from harness.shipped_weights import check_shipped
-
-    for name in {c.backbone.preset for c in cells}:
-        p = PRESETS[name]
-        if p.weights_file and not all(c.backbone.weights for c in cells if c.backbone.preset == name):
-            check_shipped(p)
 
 
 def _print_report(name: str, cells, grid=None, against: list[str] = ()) -> None:

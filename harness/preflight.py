@@ -4,10 +4,10 @@ the exact commands that fix it.
 Checked per cell (cheap: no image is decoded, no model built):
 - the benchmark's cache is prepared (image benchmarks; `clmerge prepare`), and a class subset the benchmark needs
   (DN*: 200 of DomainNet's 345 classes) is given or was used to prepare it;
-- the backbone weights are available: a `backbone.weights` file that exists, or a Hub backbone already in the
-  Hugging Face cache (runs on compute nodes are assumed offline; whether HF_HUB_OFFLINE is set is stated);
+- the backbone weights are available: a `backbone.weights` file that exists, clmerge's shipped file (the embedded
+  digits ViT) with its pinned SHA-256, or a Hub backbone already in the Hugging Face cache (runs on compute nodes are
+  assumed offline; whether HF_HUB_OFFLINE is set is stated);
 - the protocol resolves (already guaranteed: a cell is a resolved RunConfig, harness/config.py).
-Derived backbones (pre-trained by clmerge itself, e.g. the embedded digits ViT) are produced on first use: ready.
 """
 
 from __future__ import annotations
@@ -121,6 +121,16 @@ def _backbone_problem(cfg: RunConfig) -> Problem | None:
             return None
         return Problem("backbone weights missing", cfg.backbone.preset, f"backbone.weights={cfg.backbone.weights} does not exist",
                        "pass an existing file: --set backbone.weights=/path/to/model.safetensors")
+    if preset.weights_file:  # clmerge's own backbone: the shipped file must be there with its pinned hash
+        from harness.errors import ConfigError
+        from harness.shipped_weights import check_shipped
+
+        try:
+            check_shipped(preset)
+        except ConfigError as exc:
+            return Problem("backbone weights missing", cfg.backbone.preset, str(exc),
+                           f"git checkout -- harness/weights/{preset.weights_file}   # or --set backbone.weights=FILE")
+        return None
     if not preset.pretrained or _hub_cached(preset.timm_name):
         return None
     offline = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else "HF_HUB_OFFLINE is not set"

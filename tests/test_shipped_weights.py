@@ -66,3 +66,19 @@ def test_explicit_weights_file_replaces_the_shipped_one(tmp_path):
 def test_saving_is_deterministic(tmp_path):
     state = shipped_weights.load_shipped(PRESET)
     assert shipped_weights.save_weights(state, tmp_path / "a.safetensors") == PRESET.weights_sha256
+
+
+def test_preflight_refuses_an_altered_file_before_anything_runs(copied_weights):
+    from harness import preflight
+    from harness.config import resolve
+
+    cfg = resolve("split-digits", "seq-lora", 0)
+    assert preflight.check([cfg]).ok
+    data = bytearray(copied_weights.read_bytes())
+    data[-1] ^= 1
+    copied_weights.write_bytes(bytes(data))
+    readiness = preflight.check([cfg])
+    assert not readiness.ok and readiness.unready == [cfg]
+    (problem,) = readiness.problems
+    assert problem.kind == "backbone weights missing" and f"pins {PRESET.weights_sha256}" in problem.detail
+    assert f"git checkout -- harness/weights/{PRESET.weights_file}" in preflight.message(readiness, "smoke")
