@@ -12,14 +12,12 @@ regenerated with `clmerge reproduce GRID --update-reference`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from harness.io import atomic_write_json, read_json
 from harness.paths import project_root
+from harness.report import mean_std
 from harness.verdicts import REPRODUCED, bound_of, delta_text, verdict
 
 JUDGED = (("a_last", "A_last"), ("a_avg", "A_avg"))  # metrics with a verdict; the rest are shown in the report only
@@ -70,10 +68,6 @@ class RowVerdict:
     identical_cells: int  # cells whose A_last equals the reference's bit for bit
 
 
-def _mean_std(vals: np.ndarray) -> tuple[float, float]:
-    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
-
-
 def compare(runs, reference: dict) -> list[RowVerdict]:
     """One verdict per benchmark × method of `runs` (harness.report.collect) against `reference`.
 
@@ -106,8 +100,8 @@ def compare(runs, reference: dict) -> list[RowVerdict]:
                                           for r in done.itertuples()))
         row_verdict = REPRODUCED
         for key, _ in JUDGED:
-            m, s = _mean_std(100 * done[key].astype(float).to_numpy())
-            mr, sr = _mean_std(100 * theirs[key].astype(float).to_numpy())
+            m, s = mean_std(100 * done[key].astype(float).to_numpy())
+            mr, sr = mean_std(100 * theirs[key].astype(float).to_numpy())
             base["deltas"][key] = m - mr
             base["bounds"][key] = bound_of(s, len(done), sr, n_published=len(theirs))
             v = verdict(m, s, len(done), mr, sr, n_published=len(theirs))
