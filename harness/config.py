@@ -59,6 +59,11 @@ class ExecConfig:
     data_placement: str = field(default_factory=lambda: os.environ.get("CLMERGE_DATA_PLACEMENT", "auto"))
 
 
+def config_hash(config: dict) -> str:
+    """The run id of a config as `RunConfig.to_dict` (or result.json's `config`) holds it: SHA-256 of canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 @dataclass
 class RunConfig:
     benchmark: str
@@ -79,8 +84,7 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Hash of the fully resolved config: the run's identity and directory name."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return config_hash(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":

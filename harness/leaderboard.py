@@ -20,14 +20,12 @@ API for the CLI: `list_tables()`, `table_cells(name, seeds=None)`, `write_report
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, config_hash
 from harness.io import atomic_write_text, read_json
 from harness.paths import results_dir
 from harness.report import mean_std
@@ -115,11 +113,6 @@ class CellResults:
     mismatched: dict[str, str] = field(default_factory=dict)  # run_id → why its result.json is not counted
 
 
-def _config_hash(config: dict) -> str:
-    """RunConfig.run_id's hash of a config as stored in result.json."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
 def load_cell_results(cells: list[RunConfig], root: Path) -> CellResults:
     """Finished results of `cells` under `root`, each checked against its cell: a result.json whose `run_id` or whose
     stored `config` (rehashed) is not the cell's is listed in `mismatched` and not counted. Cells without a result
@@ -131,8 +124,8 @@ def load_cell_results(cells: list[RunConfig], root: Path) -> CellResults:
             r = read_json(d / RESULT)
             if r.get("run_id") != rid:
                 out.mismatched[rid] = f"{d / RESULT}: run_id {r.get('run_id')!r}, the cell's is {rid!r}"
-            elif _config_hash(r.get("config", {})) != rid:
-                out.mismatched[rid] = f"{d / RESULT}: its config hashes to {_config_hash(r.get('config', {}))}, not {rid}"
+            elif config_hash(r.get("config", {})) != rid:
+                out.mismatched[rid] = f"{d / RESULT}: its config hashes to {config_hash(r.get('config', {}))}, not {rid}"
             else:
                 out.results[rid] = r
             continue
