@@ -4,9 +4,9 @@ Both paths read the same JPEG images and deliver float batches (normalised with 
 
 - common: torchvision.datasets.ImageFolder + torchvision.transforms on PIL images (decode, per-sample AutoAugment /
   RandomResizedCrop / flip, ToTensor, Normalize) in a shuffled torch DataLoader with `--workers` processes.
-- clmerge: the images decoded once into a uint8 memmap [N, 3, 256, 256] (harness.prepare's storage rule: shorter side
+- clmerge: the images decoded once into a uint8 memmap [N, 3, 256, 256] (harness.data.prepare's storage rule: shorter side
   → 256 bicubic, centre crop; its `decode_image` is used), then per batch: random indices → gather from the memmap →
-  tensor on the device → harness.augment.train_batch → normalise. The one-off preparation is timed separately.
+  tensor on the device → harness.data.augment.train_batch → normalise. The one-off preparation is timed separately.
 
 Each path is timed from the end of a short warm-up (worker start-up, first batches) until at least one full epoch of
 images has been delivered after it. Protocols: `pilot` (RRC(224, scale 0.05–1) + flip) and `pm` (ImageNet AutoAugment →
@@ -14,6 +14,7 @@ RRC(224, scale 0.08–1)), as datasets/protocols/<protocol>.yaml define them for
 
     python benchmarks/data_throughput.py            # 2000 generated images, batch 256
     python benchmarks/data_throughput.py --quick    # a smaller, faster run
+    python benchmarks/data_throughput.py --protocols pm --autoaugment batched   # AutoAugment's whole-batch path
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from harness.augment import TrainTransform, train_batch  # noqa: E402
-from harness.protocol import load_protocol  # noqa: E402
+from harness.data.augment import TrainTransform, train_batch  # noqa: E402
+from harness.data.protocol import load_protocol  # noqa: E402
 
 STORED = 256
 MEAN = STD = 0.5
@@ -78,8 +79,8 @@ def generate_folder(root: Path, n: int, classes: int, seed: int, workers: int) -
 
 
 def decode_to_memmap(files: list[Path], out: Path, workers: int) -> np.ndarray:
-    """Decode `files` into a uint8 memmap [N, 3, 256, 256] with harness.prepare's storage rule (its decode_image)."""
-    from harness.prepare import decode_image
+    """Decode `files` into a uint8 memmap [N, 3, 256, 256] with harness.data.prepare's storage rule (its decode_image)."""
+    from harness.data.prepare import decode_image
 
     images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(files), 3, STORED, STORED))
 
@@ -130,7 +131,7 @@ def common_batches(loader, device: torch.device) -> Iterator[torch.Tensor]:
 
 
 def clmerge_batches(
-    cache: np.ndarray, train: TrainTransform, batch: int, device: torch.device, seed: int
+    cache: np.ndarray, train: TrainTransform, batch: int, device: torch.device, seed: int, aa_path: str = "auto"
 ) -> Iterator[torch.Tensor]:
     """Random-index batches from the memmap → device → train_batch → normalise (what a training loop would do)."""
     gen = torch.Generator().manual_seed(seed)
@@ -142,7 +143,7 @@ def clmerge_batches(
             u8 = torch.from_numpy(cache[idx])
             if device.type == "cuda":
                 u8 = u8.pin_memory().to(device, non_blocking=True)
-            yield train_batch(u8, train, gen, mean=[MEAN] * 3, std=[STD] * 3)  # normalisation fused in
+            yield train_batch(u8, train, gen, mean=[MEAN] * 3, std=[STD] * 3, autoaugment_path=aa_path)  # normalisation fused in
 
 
 def measure(batches: Iterator[torch.Tensor], epoch_images: int, warmup_batches: int, device: torch.device) -> tuple[int, float]:
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2, help="batches excluded from timing per path (default 2)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads for the clmerge path (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--autoaugment", default="auto", choices=["auto", "grouped", "batched"],
+                    help="AutoAugment implementation of the clmerge path (default auto: grouped on CPU, batched elsewhere; "
+                    "benchmarks/autoaugment_ops.py compares the two alone)")
     ap.add_argument("--quick", action="store_true", help="600 images, 1 warm-up batch: a fast smoke run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"prepare (one-off, not in the rates): {n} images → uint8 memmap {tuple(cache.shape)} "
               f"({cache.nbytes / 2**20:.0f} MiB) in {prep:.1f} s = {n / prep:.0f} img/s with {cpus} threads")
         print(f"batch {args.batch}, DataLoader workers {args.workers}, warm-up {args.warmup} batches, "
-              f"≥ 1 epoch ({n} images) timed per path; both paths normalise (mean=std=0.5) and deliver to {device}")
+              f"≥ 1 epoch ({n} images) timed per path; both paths normalise (mean=std=0.5) and deliver to {device}; "
+              f"clmerge AutoAugment path {args.autoaugment}")
         print()
         rows = []
         for protocol in args.protocols:
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             loader = common_loader(root, train, args.batch, args.workers, device, args.seed)
             common = measure(common_batches(loader, device), n, args.warmup, device)
             del loader  # stop its workers before timing the other path
-            ours = measure(clmerge_batches(cache, train, args.batch, device, args.seed), n, args.warmup, device)
+            ours = measure(clmerge_batches(cache, train, args.batch, device, args.seed, args.autoaugment), n, args.warmup, device)
             rows.append((protocol, common, ours))
         print(f"{'protocol':<9} {'path':<34} {'images':>7} {'seconds':>8} {'img/s':>8}")
         for protocol, (ci, cs), (oi, os_) in rows:

@@ -2,7 +2,7 @@
 
 Synthetic uint8 images (stored side 256, as the prepared cache stores ImageNet-like data; a NumPy array, the type of
 the cache's memory map, so batches take ImageBank's cache path: gather → device → the protocol's augmentation) feed
-the trainer's own step loop (`harness.trainer.run_epoch`) with the imagenet-r-10 configuration under the `pm`
+the trainer's own step loop (`harness.train.trainer.run_epoch`) with the imagenet-r-10 configuration under the `pm`
 protocol (AutoAugment + RandomResizedCrop 224, batch 256, 10 epochs × 10 passes, temperature 30) on the
 `vit-b16-random` backbone (ViT-B/16 architecture, seeded random init: no download; speed does not depend on the
 weights). Printed per method:
@@ -11,13 +11,15 @@ weights). Printed per method:
 - MFU: FLOPs of one training step (forward + backward, counted by torch.utils.flop_counter) per second over the
   device's dense bf16 peak (table below, or --peak-tflops);
 - end-of-task seconds (P&M: the Fisher pass + merge; seq-lora: the fold), scaled to ImageNet-R-10's task size;
-- epoch-checkpoint seconds and evaluation img/s;
+- epoch-checkpoint seconds on the training's path (snapshot; the write itself is on a background thread), and
+  inline; evaluation img/s with the test transform computed, and with the evaluation view cached;
 - the extrapolated full schedule: 10 tasks × 10 epochs × 10 passes over 2,400 images (ImageNet-R's 30,000 images,
   80 % train, in 10 tasks) at the measured img/s, plus 10 end-of-task passes, 100 epoch checkpoints and the
   evaluations (after task t: the test images of tasks ≤ t, 600 per task); and P&M / seq-lora.
 
     python benchmarks/gpu_throughput.py                        # on the GPU (about 5 minutes on one H100/H200)
     python benchmarks/gpu_throughput.py --device cpu --tiny    # a 2-block 16-px model on 20-px images: checks the script
+    python benchmarks/gpu_throughput.py --compile off          # the eager step loop (the trainer compiles on CUDA)
 """
 
 from __future__ import annotations
@@ -37,18 +39,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from harness.augment import TestTransform  # noqa: E402
-from harness.backbone import CLModel  # noqa: E402
-from harness.config import resolve, run_spec  # noqa: E402
-from harness.data import ImageBank  # noqa: E402
-from harness.method import MethodContext, TaskData  # noqa: E402
-from harness.registry import get_method  # noqa: E402
-from harness.schema import from_dict  # noqa: E402
-from harness.spec import ImageSpec  # noqa: E402
-from harness.stream import build_stream  # noqa: E402
-from harness.trainer import (  # noqa: E402
-    EpochWatch, Setup, _save_epoch_checkpoint, autocast, evaluate, make_scheduler, pick_device, run_epoch,
-)
+from harness.core.io import BackgroundWriter  # noqa: E402
+from harness.core.precision import autocast  # noqa: E402
+from harness.core.schema import from_dict  # noqa: E402
+from harness.data.augment import TestTransform  # noqa: E402
+from harness.data.image_bank import ImageBank  # noqa: E402
+from harness.data.protocol import run_spec  # noqa: E402
+from harness.data.spec import ImageSpec  # noqa: E402
+from harness.data.stream import build_stream  # noqa: E402
+from harness.method.base import MethodContext, TaskData  # noqa: E402
+from harness.method.registry import get_method  # noqa: E402
+from harness.model.backbone import CLModel  # noqa: E402
+from harness.resolve import resolve  # noqa: E402
+from harness.train import compile as compiling  # noqa: E402
+from harness.train.checkpoints import save_epoch_checkpoint  # noqa: E402
+from harness.train.setup import Setup, pick_device  # noqa: E402
+from harness.train.trainer import EpochWatch, evaluate, make_scheduler, run_epoch  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first matching name wins.
 BF16_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
@@ -96,7 +102,7 @@ def setup(method: str, args, device: torch.device) -> Setup:
     m = cls(from_dict(cls.Params, dict(cfg.method_params), method), MethodContext(config=cfg, stream=stream, device=device))
     train_bank = ImageBank(images, stream.remap(labels), image, device, test_t, train_t)
     test_images = rng.integers(0, 256, (len(test_labels), 3, stored, stored), dtype=np.uint8)
-    test_bank = ImageBank(test_images, stream.remap(test_labels), image, device, test_t)
+    test_bank = ImageBank(test_images, stream.remap(test_labels), image, device, test_t, cache_eval_view=True)
     m.ctx.train_bank = train_bank
     return Setup(cfg, spec, None, stream, device, model, m, train_bank, test_bank)
 
@@ -116,13 +122,17 @@ def measure(method: str, args, device: torch.device) -> dict:
     bs = s.cfg.train.batch_size
     batches = endless(s, task.train_indices, bs)
     s.model.train()
-    run_epoch(s, task, opt, itertools.islice(batches, args.warmup), EpochWatch(norm_steps=0), heads)
+    if args.compiled:  # as the trainer does: once per run, full batches only
+        s.model.compile_features(compiling.BACKEND)
+    with s.model.compiled(bs):  # the warm-up steps also pay for the compilation, untimed
+        run_epoch(s, task, opt, itertools.islice(batches, args.warmup), EpochWatch(norm_steps=0), heads)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     watch = EpochWatch(norm_steps=0)
-    run_epoch(s, task, opt, itertools.islice(batches, args.steps), watch, heads)
+    with s.model.compiled(bs):
+        run_epoch(s, task, opt, itertools.islice(batches, args.steps), watch, heads)
     sync(device)
     step_s = (time.perf_counter() - start) / args.steps
     watch.check(s.cfg, task.index, 0, {"all": [], "backbone": []})
@@ -141,8 +151,13 @@ def measure(method: str, args, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sched = make_scheduler(opt, s.cfg.train)
         start = time.perf_counter()
-        _save_epoch_checkpoint(Path(tmp) / "c.epoch.pt", s, task, 1, opt, sched, torch.Generator(), {})
+        save_epoch_checkpoint(Path(tmp) / "c.epoch.pt", s, task, 1, opt, sched, torch.Generator(), {})
+        ckpt_inline_s = time.perf_counter() - start
+        writer = BackgroundWriter()  # as the trainer writes it: only the snapshot is on the training's path
+        start = time.perf_counter()
+        save_epoch_checkpoint(Path(tmp) / "c.epoch.pt", s, task, 1, opt, sched, torch.Generator(), {}, writer)
         ckpt_s = time.perf_counter() - start
+        writer.wait()
 
     n_task = len(task.train_indices)
     sync(device)
@@ -152,18 +167,23 @@ def measure(method: str, args, device: torch.device) -> dict:
     end_task_s = time.perf_counter() - start
 
     n_test = len(task.test_indices)
-    start = time.perf_counter()
-    evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, 0, s.cfg.train.eval_batch_size)
-    sync(device)
-    eval_ips = n_test / (time.perf_counter() - start)
+    eval_ips = []
+    for _ in range(2):  # first pass: test transform computed (and cached, if it fits); second: read from the cache
+        start = time.perf_counter()
+        evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, 0, s.cfg.train.eval_batch_size)
+        sync(device)
+        eval_ips.append(n_test / (time.perf_counter() - start))
     return {"step_s": step_s, "img_s": bs / step_s, "flops": flops, "peak_gib": peak_mem, "ckpt_s": ckpt_s,
-            "end_task_s": end_task_s * IR_TRAIN_PER_TASK / n_task, "eval_img_s": eval_ips}
+            "ckpt_inline_s": ckpt_inline_s, "end_task_s": end_task_s * IR_TRAIN_PER_TASK / n_task,
+            "eval_img_s": eval_ips[0], "eval_cached_img_s": eval_ips[1]}
 
 
 def full_schedule_s(r: dict) -> float:
     """ImageNet-R-10, pm protocol: training image-steps at the measured rate + end-of-task passes + checkpoints + evals."""
     train = IR_TASKS * IR_EPOCHS * IR_PASSES * IR_TRAIN_PER_TASK / r["img_s"]
-    evals = sum((t + 1) * IR_TEST_PER_TASK for t in range(IR_TASKS)) / r["eval_img_s"]
+    # after task t: task t's test images fresh, tasks < t from the evaluation-view cache
+    evals = IR_TASKS * IR_TEST_PER_TASK / r["eval_img_s"]
+    evals += sum(t * IR_TEST_PER_TASK for t in range(IR_TASKS)) / r["eval_cached_img_s"]
     return train + IR_TASKS * r["end_task_s"] + IR_TASKS * IR_EPOCHS * r["ckpt_s"] + evals
 
 
@@ -177,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=None, help="synthetic training images (default 4000; tiny 400)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU")
     p.add_argument("--methods", default="seq-lora,pm")
+    p.add_argument("--compile", default="auto", help="torch.compile of the training forward: auto (on for CUDA) | on | off")
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.tiny else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
@@ -185,20 +206,25 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     peak, peak_note = device_peak(device, args.peak_tflops)
     torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"device {device} | {peak_note} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    args.compiled = compiling.use_compile(args.compile, device)  # validated once, before any model is built
+    print(f"device {device} | {peak_note} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+          f"compile {'on' if args.compiled else 'off'}")
     results = {}
     for method in args.methods.split(","):
         r = measure(method, args, device)
         r["mfu"] = r["flops"] / r["step_s"] / peak if peak else float("nan")
         r["full_s"] = full_schedule_s(r)
         results[method] = r
-    cols = ("img/s", "ms/step", "MFU %", "peak GiB", "end-task s/task", "ckpt s", "eval img/s", "IR-10 full min")
+    cols = ("img/s", "ms/step", "MFU %", "peak GiB", "end-task s/task", "ckpt s (inline)", "eval img/s (cached)",
+            "IR-10 full min")
     print("| method | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 1))
     for method, r in results.items():
-        vals = (r["img_s"], r["step_s"] * 1e3, 100 * r["mfu"], r["peak_gib"], r["end_task_s"], r["ckpt_s"],
-                r["eval_img_s"], r["full_s"] / 60)
-        print(f"| {method} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.4g}" for v in vals) + " |")
+        fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.4g}"  # noqa: E731
+        vals = (fmt(r["img_s"]), fmt(r["step_s"] * 1e3), fmt(100 * r["mfu"]), fmt(r["peak_gib"]), fmt(r["end_task_s"]),
+                f"{fmt(r['ckpt_s'])} ({fmt(r['ckpt_inline_s'])})", f"{fmt(r['eval_img_s'])} ({fmt(r['eval_cached_img_s'])})",
+                fmt(r["full_s"] / 60))
+        print(f"| {method} | " + " | ".join(vals) + " |")
     if "pm" in results and "seq-lora" in results:
         ratio = results["pm"]["full_s"] / results["seq-lora"]["full_s"]
         results["pm_over_seq_lora"] = ratio

@@ -5,7 +5,7 @@ cell and, optionally, a narrower CPU instruction set — a stand-in for "another
 (ATEN_CPU_CAPABILITY), MKL's GEMMs (MKL_ENABLE_INSTRUCTIONS) and oneDNN (ONEDNN_MAX_CPU_ISA) then take their AVX2 code
 paths, whose floating-point results differ from the AVX-512 ones. `compare` prints, per benchmark × method, the
 change of the mean A_last and A_avg, the largest per-cell change, how many cells are bit-identical, and the verdict
-of the project's rule (harness/grid_reference.py), treating the first directory as the reference.
+of the project's rule (harness/report/grid_reference.py), treating the first directory as the reference.
 
     python benchmarks/smoke_stability.py run --results /tmp/t1 --threads 1
     python benchmarks/smoke_stability.py run --results /tmp/t2 --threads 2
@@ -27,7 +27,7 @@ ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "A
 
 
 def _cells(grid: str):
-    from harness.grid import expand, load_grid
+    from harness.dispatch.grid import expand, load_grid
 
     return expand(load_grid(grid))
 
@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
     if args.isa:
         os.environ.update(ISA_ENV[args.isa])  # before torch is imported here; the cell subprocesses inherit it
     from harness.config import ExecConfig
-    from harness.dispatch import dispatch
+    from harness.dispatch.executors import dispatch
 
     cells = _cells(args.grid)
     start = time.time()
@@ -52,8 +52,8 @@ def cmd_run(args) -> int:
 def cmd_compare(args) -> int:
     import numpy as np
 
-    from harness import grid_reference as gr
-    from harness.report import collect
+    from harness.report import grid_reference as gr
+    from harness.report.grid_report import collect
 
     cells = _cells(args.grid)
     ref_runs = collect(cells, Path(args.reference))

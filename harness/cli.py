@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from harness.errors import ConfigError, unknown
+from harness.core.errors import ConfigError, unknown
 
 
 def _add_exec(p: argparse.ArgumentParser) -> None:
@@ -32,16 +32,16 @@ def _methods_arg(text: str) -> list[str]:
 
 def cmd_list(args) -> int:
     if args.what == "methods":
-        from harness.registry import get_method, method_names
+        from harness.method.registry import get_method, method_names
 
         for name in method_names():
             cls = get_method(name)
             tag = " [reconstruction]" if cls.reconstruction else ""
             print(f"{name:<18} {cls.description}{tag}")
     elif args.what == "benchmarks":
-        from harness.spec import available_benchmarks, load_spec
+        from harness.data.spec import available_benchmarks, load_spec
 
-        from harness.cache import is_prepared
+        from harness.data.cache import is_prepared
 
         for name in available_benchmarks():
             spec = load_spec(name)
@@ -50,22 +50,22 @@ def cmd_list(args) -> int:
                 state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(name) else "not prepared]")
             print(f"{name:<18} {spec.description}{state}")
     elif args.what == "protocols":
-        from harness.protocol import available_protocols, load_protocol
+        from harness.data.protocol import available_protocols, load_protocol
 
         for name in available_protocols():
             print(f"{name:<18} {load_protocol(name).description}")
     elif args.what == "backbones":
-        from harness.backbone import PRESETS
+        from harness.model.backbone import PRESETS
 
         for p in PRESETS.values():
             print(f"{p.name:<24} {p.description}")
     elif args.what == "grids":
-        from harness.grid import available_grids, load_grid
+        from harness.dispatch.grid import available_grids, load_grid
 
         for name in available_grids():
             print(f"{name:<18} {load_grid(name).description}")
     elif args.what == "tables":
-        from harness.leaderboard import list_tables
+        from harness.report.leaderboard import list_tables
 
         for name, description in list_tables():
             print(f"{name:<18} {description}")
@@ -73,11 +73,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.config import ExecConfig, parse_set, resolve
-    from harness.run import execute
+    from harness.config import ExecConfig, parse_set
+    from harness.resolve import resolve
+    from harness.train.run import execute
 
-    from harness import preflight
-    from harness.tracking import check_backend
+    from harness.dispatch import preflight
+    from harness.train.tracking import check_backend
 
     cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
     check_backend(args.log)
@@ -88,7 +89,7 @@ def cmd_run(args) -> int:
     outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if outcome.status in ("done", "skipped"):
-        from harness.io import read_json
+        from harness.core.io import read_json
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
         print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
@@ -100,14 +101,14 @@ def cmd_run(args) -> int:
 def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
     """A grid (file or name in grids/) or a published table: (name, cells, function printing its report)."""
     if _is_grid(name_or_file):
-        from harness.grid import expand, load_grid
+        from harness.dispatch.grid import expand, load_grid
 
         grid = load_grid(name_or_file)
         return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid), grid, _methods_arg(against))
-    from harness.leaderboard import available_tables, table_cells, write_report
+    from harness.report.leaderboard import available_tables, table_cells, write_report
 
     if name_or_file not in available_tables():
-        from harness.grid import available_grids
+        from harness.dispatch.grid import available_grids
 
         raise unknown("grid or table", name_or_file, sorted(set(available_grids()) | set(available_tables())))
 
@@ -121,11 +122,12 @@ def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
 
 
 def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -> int:
-    from harness.dispatch import dispatch
-    from harness.run import clear
+    from harness.dispatch.executors import dispatch
+    from harness.train.run import clear
 
-    from harness import plan, preflight
-    from harness.tracking import check_backend
+    from harness.dispatch import plan
+    from harness.dispatch import preflight
+    from harness.train.tracking import check_backend
 
     check_backend(args.log)
     name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against)
@@ -178,8 +180,8 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
 def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> int:
     """`reproduce GRID`: compare the finished cells with the grid's committed reference (1 if a row is not
     reproduced), or with --update-reference write the reference from them."""
-    from harness.grid_reference import all_reproduced, compare, load_reference, render, write_reference
-    from harness.report import collect
+    from harness.report.grid_reference import all_reproduced, compare, load_reference, render, write_reference
+    from harness.report.grid_report import collect
     from harness.store import load_result
 
     runs = collect(cells)
@@ -200,13 +202,13 @@ def _resolved_table(name_or_file: str, seeds):
     """The resolved published table behind `name_or_file` (for the plan), None for a grid."""
     if _is_grid(name_or_file):
         return None
-    from harness.leaderboard import resolve_table
+    from harness.report.leaderboard import resolve_table
 
     return resolve_table(name_or_file, seeds)
 
 
 def _failed(cells):
-    from harness.status import cell_statuses
+    from harness.dispatch.status import cell_statuses
 
     return [s.cfg for s in cell_statuses(cells) if s.state == "failed"]
 
@@ -214,9 +216,10 @@ def _failed(cells):
 def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
     it), or with --wait block until every cell is done or failed, then report."""
-    from harness.run import clear
-    from harness.slurm import load_profile, slurm_available, submit, wait
-    from harness.status import cell_statuses, format_statuses
+    from harness.dispatch.slurm import load_profile, submit, wait
+    from harness.dispatch.slurm_queue import slurm_available
+    from harness.dispatch.status import cell_statuses, format_statuses
+    from harness.train.run import clear
 
     if not args.profile:
         raise ConfigError("--executor slurm needs --profile slurm/NAME.yaml (see slurm/example.yaml)")
@@ -258,7 +261,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
 
 
 def _print_report(name: str, cells, grid=None, against: list[str] = ()) -> None:
-    from harness.report import report
+    from harness.report.grid_report import report
 
     md, paths = report(name, cells, grid=grid, against=against)
     print(md)
@@ -277,11 +280,11 @@ def cmd_reproduce(args) -> int:
 def cmd_compare(args) -> int:
     """`clmerge compare`: the method and its references × one benchmark × seeds, run through the executor (only
     the missing cells), then the paired table."""
-    from harness.compare import compare_grid
     from harness.config import parse_set
-    from harness.grid import expand
-    from harness.io import atomic_write_text
-    from harness.paths import results_dir
+    from harness.core.io import atomic_write_text
+    from harness.core.paths import results_dir
+    from harness.dispatch.grid import expand
+    from harness.report.compare import compare_grid
 
     against = _methods_arg(args.against)
     if not against:
@@ -300,7 +303,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from harness.status import cell_statuses, format_statuses
+    from harness.dispatch.status import cell_statuses, format_statuses
 
     statuses = cell_statuses(_target(args.file)[1], tail_lines=args.lines)
     print(format_statuses(statuses))
@@ -308,7 +311,7 @@ def cmd_status(args) -> int:
 
 
 def _is_grid(name: str) -> bool:
-    from harness.grid import available_grids
+    from harness.dispatch.grid import available_grids
 
     return os.path.exists(name) or name in available_grids()
 
@@ -325,10 +328,11 @@ def cmd_stream(args) -> int:
     benchmark's known class names (counts unknown) when it is not prepared yet."""
     import numpy as np
 
-    from harness.cache import is_prepared
-    from harness.config import resolve, run_spec
-    from harness.sources import load_source
-    from harness.stream import build_stream
+    from harness.data.cache import is_prepared
+    from harness.data.protocol import run_spec
+    from harness.data.sources import load_source
+    from harness.data.stream import build_stream
+    from harness.resolve import resolve
 
     overrides = {"protocol": args.protocol} if args.protocol else {}
     cfg = resolve(args.benchmark, "seq-lora", order_seed=args.order_seed, overrides=overrides, where="stream")
@@ -352,7 +356,7 @@ def cmd_stream(args) -> int:
         counts = f"{len(t.train_indices)} train / {len(t.test_indices)} test — " if prepared else ""
         print(f"task {t.index}: {counts}classes {shown}")
     if not prepared:
-        from harness.cache import prepare_command
+        from harness.data.cache import prepare_command
 
         print(f"(not prepared: class ids only where names are unknown; run `{prepare_command(spec)}`)")
     return 0
@@ -362,8 +366,8 @@ def cmd_pretrain(args) -> int:
     """Rerun a clmerge-pretrained backbone's recipe and compare the result's SHA-256 with the shipped file's."""
     import torch
 
-    from harness.backbone import PRESETS
-    from harness.pretrain import regenerate
+    from harness.model.backbone import PRESETS
+    from harness.model.pretrain import regenerate
 
     if args.preset not in PRESETS:
         raise unknown("backbone preset", args.preset, [n for n, p in PRESETS.items() if p.pretrain_recipe], "pretrain")
@@ -381,8 +385,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from harness.prepare import prepare
-    from harness.spec import load_spec
+    from harness.data.prepare import prepare
+    from harness.data.spec import load_spec
 
     prepare(
         load_spec(args.benchmark),
@@ -500,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.errors import ConfigError, TrainingDiverged
+    from harness.core.errors import ConfigError, TrainingDiverged
 
     args = build_parser().parse_args(argv)
     if args.results:

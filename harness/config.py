@@ -1,7 +1,6 @@
-"""Run configuration: one dataclass fully describing a cell, resolved from defaults, spec, grid and --set overrides.
-
-Resolution order (later wins): TrainConfig defaults → the benchmark spec's protocol (`train:`, `backbone:`) →
-grid overrides → command-line `--set key=value`. The resolved config is hashed into the run's directory name.
+"""Run configuration types: one dataclass fully describing a cell (`RunConfig`), its training settings and the
+execution settings. A cell's config is resolved from defaults, spec, protocol, grid and --set overrides by
+harness/resolve.py; the resolved config is hashed into the run's directory name.
 Execution settings that do not change results (device, threads, progress bars) live in `ExecConfig`, outside the hash.
 """
 
@@ -16,9 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.backbone import BackboneConfig
-from harness.errors import ConfigError
-from harness.schema import field_names, from_dict, to_dict
+from harness.core.errors import ConfigError
+from harness.core.schema import field_names, from_dict, to_dict
+from harness.model.backbone import BackboneConfig
 
 
 @dataclass
@@ -52,11 +51,16 @@ class ExecConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch default)
     progress: bool = True  # tqdm bars, shown only on a TTY
-    log: str | None = None  # experiment tracking backend: tensorboard | wandb (harness/tracking.py)
-    # data prefetching (harness/prefetch.py): auto (on for CUDA) | on | off; CLMERGE_PREFETCH sets the default
+    log: str | None = None  # experiment tracking backend: tensorboard | wandb (harness/train/tracking.py)
+    # data prefetching (harness/data/prefetch.py): auto (on for CUDA) | on | off; CLMERGE_PREFETCH sets the default
     prefetch: str = field(default_factory=lambda: os.environ.get("CLMERGE_PREFETCH", "auto"))
-    # training images on the device (harness/data.py resident_on_device): auto | device | host; CLMERGE_DATA_PLACEMENT
+    # training images on the device (harness/data/image_bank.py resident_on_device): auto | device | host; CLMERGE_DATA_PLACEMENT
     data_placement: str = field(default_factory=lambda: os.environ.get("CLMERGE_DATA_PLACEMENT", "auto"))
+    # epoch checkpoints serialised and written on a background thread while the next epoch trains (harness/core/io.py
+    # BackgroundWriter); off: written inline, as before. Same files and results either way.
+    background_checkpoints: bool = True
+    # torch.compile of the training forward (harness/train/compile.py): auto (on for CUDA) | on | off; CLMERGE_COMPILE
+    compile: str = field(default_factory=lambda: os.environ.get("CLMERGE_COMPILE", "auto"))
 
 
 def config_hash(config: dict) -> str:
@@ -74,7 +78,7 @@ class RunConfig:
     seed: int = 0  # training seed: LoRA/head init, batch order, augmentation, method randomness
     order_seed: int | None = None  # class-order seed (None: the spec's own; ignored for natural order)
     protocol: str | None = None  # protocol preset of an image benchmark (datasets/protocols/), None for embedded ones
-    tune: bool = False  # hold out a validation split of each task's training data (harness/validation.py)
+    tune: bool = False  # hold out a validation split of each task's training data (harness/data/validation.py)
 
     def to_dict(self) -> dict:
         d = to_dict(self)
@@ -138,66 +142,3 @@ def check_seed(value: Any, where: str, optional: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
         valid = "an integer in [0, 2**32)" + (" or null (the benchmark's own)" if optional else "")
         raise ConfigError(f"{where}: must be {valid}, got {value!r}")
-
-
-def resolve(
-    benchmark: str,
-    method: str,
-    seed: int = 0,
-    order_seed: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    where: str = "overrides",
-) -> RunConfig:
-    """The fully resolved RunConfig of one cell. Unknown benchmark/method/key → ConfigError naming the valid ones."""
-    from harness.protocol import apply_protocol, load_protocol
-    from harness.registry import get_method
-    from harness.spec import load_spec
-
-    spec = load_spec(benchmark)
-    method_cls = get_method(method)
-    protocol_name = (overrides or {}).get("protocol", spec.protocol)
-    if protocol_name is not None and spec.source.kind != "images":
-        raise ConfigError(f"{where}: protocol presets apply to image benchmarks; {spec.name!r} is {spec.source.kind}")
-    train_dict = dict(spec.train)
-    if protocol_name is not None:
-        protocol = load_protocol(str(protocol_name))
-        spec = apply_protocol(spec, protocol)
-        train_dict.update(protocol.train_settings(spec.name))
-    train = to_dict(from_dict(TrainConfig, train_dict, f"{spec.file}.train (+ protocol {protocol_name})"))
-    backbone: dict[str, Any] = {"preset": spec.backbone}
-    params = to_dict(method_cls.Params())
-    top: dict[str, Any] = {"seed": seed, "order_seed": order_seed, "protocol": protocol_name, "tune": False}
-    valid = valid_override_keys(method_cls.Params)
-    for key, value in (overrides or {}).items():
-        if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-        if key in TOP_LEVEL_KEYS:
-            top[key] = value
-            continue
-        section, name = key.split(".", 1)
-        {"train": train, "backbone": backbone, "method": params}[section][name] = value
-    for key in ("seed", "order_seed"):
-        check_seed(top[key], f"{where}: {key}", optional=key == "order_seed")
-    params_obj = from_dict(method_cls.Params, params, f"{where} (method {method!r})")
-    if spec.class_order == "natural" or isinstance(spec.class_order, list):
-        top["order_seed"] = None  # the seed has no effect: do not let it split identical runs
-    elif top["order_seed"] is None:
-        top["order_seed"] = spec.order_seed
-    data = {
-        "benchmark": spec.name,
-        "method": method_cls.name,
-        "backbone": to_dict(from_dict(BackboneConfig, backbone, f"{where} (backbone)").resolved()),
-        "train": train,
-        "method_params": to_dict(params_obj),
-        **top,
-    }
-    return RunConfig.from_dict(data, where)
-
-
-def run_spec(cfg: RunConfig):
-    """The benchmark spec a run uses: its YAML with the run's protocol applied (class order, transforms)."""
-    from harness.protocol import apply_protocol, load_protocol
-    from harness.spec import load_spec
-
-    spec = load_spec(cfg.benchmark)
-    return apply_protocol(spec, load_protocol(cfg.protocol)) if cfg.protocol else spec

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.io import read_json
-from harness.paths import results_dir
+from harness.core.io import read_json
+from harness.core.paths import results_dir
 
 RESULT = "result.json"
 

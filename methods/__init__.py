@@ -1,2 +1,2 @@
-"""One module per continual-learning method. Each registers itself with `@harness.registry.register`;
-`clmerge list methods` shows them. To add a method, add a file here (see README, "Adding a method")."""
+"""One module per continual-learning method. Each registers itself with `@register` (from harness.method.base import Method, register);
+`clmerge list methods` shows them. To add a method, add a file here (see docs/adding-a-method.md)."""

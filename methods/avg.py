@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.registry import register
+from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge, add
 
 

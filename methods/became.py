@@ -10,10 +10,10 @@ Per task t (a new LoRA on k/v from the merged weights θ*_{t−1}, a new head), 
    so the constraint lives on A's rows: ∂L/∂A ← (∂L/∂A)·P_free (after_backward; = Bᵀ(∂L/∂ΔW)P_free, the GPM
    projection of ΔW's gradient pushed through the factorisation) and, because AdamW's per-coordinate scaling takes
    a projected gradient out of the subspace, A ← A·P_free before every forward (projected Adam). B and the head
-   are unconstrained. P_free comes from the DualGPM bases shared with InfLoRA (harness/subspace.py). At the end of
+   are unconstrained. P_free comes from the DualGPM bases shared with InfLoRA (harness/math/subspace.py). At the end of
    the stage (end_epoch) A is projected once more and the point θ^GP_t (LoRA factors and head) is snapshotted.
 2. Plasticity stage (remaining epochs): plain training from θ^GP_t to θ̂_t.
-3. Merge on the segment: θ*_t = θ^GP_t + λ_t(θ̂_t − θ^GP_t), with (harness/became_math.py)
+3. Merge on the segment: θ*_t = θ^GP_t + λ_t(θ̂_t − θ^GP_t), with (harness/math/became_math.py)
       λ_t = clip((ΔᵀF_tΔ − gᵀF_{1:t−1}Δ) / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ), 0, 1),  Δ = θ̂_t − θ^GP_t,
    g = θ^GP_t − θ*_{t−1} (the stage-1 LoRA product) over the effective k/v matrices,
    F_t the diagonal empirical Fisher at θ̂_t (Method.task_fisher), F_{1:t} = F_{1:t−1} + F_t; λ_1 = 1. The head is
@@ -33,11 +33,10 @@ from typing import Literal
 
 import torch
 
-from harness.became_math import became_lambda, bilinear, quad
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.registry import register
-from harness.subspace import DualGPM, input_covariances, lora_groups, threshold, validate_thresholds
+from harness.core.errors import ConfigError
+from harness.math.became_math import became_lambda, bilinear, quad
+from harness.math.subspace import DualGPM, input_covariances, lora_groups, threshold, validate_thresholds
+from harness.method import Method, register
 
 
 @dataclass

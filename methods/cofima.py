@@ -7,10 +7,10 @@ official code keeps the Fisher of every task's end point and merges with the las
 `fisher_max` = 1e-4 (the code's `fishermax`). Marouf et al., "Weighted Ensemble Models Are Strong Continual
 Learners", ECCV 2024, arXiv 2312.08977; code IemProg/CoFiMA. w = 0.5 as in the code's runs; the first task is kept
 as trained; each task trains from θ̂_{t−1}. Here the Fisher is the harness's empirical Fisher over the effective
-k/v weights (harness/fisher.py) — the code's is over all weights of a fully fine-tuned ViT, so the 1e-4 clip (a
+k/v weights (harness/math/fisher.py) — the code's is over all weights of a fully fine-tuned ViT, so the 1e-4 clip (a
 scale-dependent constant) and w are hyper-parameters for LoRA; the fraction of clipped entries is recorded. Entries
 with zero Fisher in both fall back to CoMA [I]. Classifier alignment (from SLCA) is left out, as for CoMA.
-The Fisher estimator defaults to "batch" (squared gradients of mini-batch-mean losses, harness/fisher.py): the scale the
+The Fisher estimator defaults to "batch" (squared gradients of mini-batch-mean losses, harness/math/fisher.py): the scale the
 1e-4 clip is expressed in depends on the estimator, and this keeps the harness's earlier CoFiMA runs comparable [I];
 `fisher: per-sample` gives the standard empirical Fisher.
 """
@@ -20,17 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from harness.errors import ConfigError
-from harness.merging import cofima
-from harness.method import Method
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.math.merging import cofima
+from harness.method import Method, register
 
 
 @dataclass
 class Params:
     w: float = 0.5  # weight of the new model (official code's wt_alpha)
     fisher_max: Optional[float] = 1e-4  # clip of the Fisher entries (official code); None: no clip
-    fisher: Literal["per-sample", "batch"] = "batch"  # Fisher estimator (harness/fisher.py) [I]
+    fisher: Literal["per-sample", "batch"] = "batch"  # Fisher estimator (harness/math/fisher.py) [I]
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.w <= 1.0:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.errors import ConfigError
-from harness.merging import coma
-from harness.method import Method
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.math.merging import coma
+from harness.method import Method, register
 
 
 @dataclass

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.errors import ConfigError
-from harness.merging import dare
-from harness.registry import register
-from harness.seeding import generator
+from harness.core.errors import ConfigError
+from harness.core.seeding import generator
+from harness.math.merging import dare
+from harness.method import register
 from methods._task_vectors import Start
 from methods.avg import Average
 

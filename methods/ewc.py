@@ -9,7 +9,7 @@ effective k/v matrices W_eff = θ̂_{t−1} + ΔW_t, anchored at θ̂_{t−1} (t
 in neural networks", PNAS 2017, arXiv 1612.00796. Online Fisher and labels as in the MagMax code's EWC baseline
 (research/merging-methods.md §3, §8.4; danielm1405/magmax `ewc.py`): F starts at 0 and after task t
 F ← decay·F + (1 − decay)·F_t with decay 0.5 — so F = (1 − decay)·F_1 = 0.5·F_1 after the first task, as in that
-code (not F_1) — F_t the diagonal Fisher (harness/fisher.py) with the model's own argmax as targets, by default the
+code (not F_1) — F_t the diagonal Fisher (harness/math/fisher.py) with the model's own argmax as targets, by default the
 "batch" estimator (that code squares the gradient of each mini-batch's mean loss; `fisher: per-sample` gives the
 standard per-sample one). λ = 1e6 there is for full fine-tuning of CLIP; for LoRA it "must be re-searched" (§8.4 suggests 1e2..1e6): the default 1e4 [I] is the
 middle of that range on a log scale, not tuned on any benchmark.
@@ -23,10 +23,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.fisher import empirical_fisher
-from harness.method import Method
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.math.fisher import empirical_fisher
+from harness.method import Method, register
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Params:
     lam: float = 1e4  # penalty strength λ [I]; re-tune per backbone/benchmark
     decay: float = 0.5  # online Fisher: F ← decay·F + (1−decay)·F_t (MagMax code's EMA)
     fisher_labels: Literal["predicted", "true"] = "predicted"  # targets of the Fisher's CE (MagMax code: argmax)
-    fisher: Literal["per-sample", "batch"] = "batch"  # Fisher estimator (harness/fisher.py; MagMax code: batch)
+    fisher: Literal["per-sample", "batch"] = "batch"  # Fisher estimator (harness/math/fisher.py; MagMax code: batch)
 
     def validate(self, where: str) -> None:
         if self.lam < 0:

@@ -4,7 +4,7 @@
 Per task t (a new LoRA on k and v, a new head):
 
 1. One pass of the task's training data through the current model θ*_{t−1} (eval mode, no gradient) gives, per
-   block, the uncentred covariance C = E[x xᵀ] of the tokens entering the k/v projections (harness/subspace.py).
+   block, the uncentred covariance C = E[x xᵀ] of the tokens entering the k/v projections (harness/math/subspace.py).
 2. The down-projection A_t (rank × d), shared by k and v of a block, is designed and frozen:
    A_t = top-r left singular vectors of C' = P_free·C, as rows, / √3 [code], where P_free projects onto the
    complement of the old tasks' input space (DualGPM basis: I − MMᵀ for 'remove', MMᵀ for 'retain'). Then
@@ -39,9 +39,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from harness.method import Method
-from harness.registry import register
-from harness.subspace import (
+from harness.math.subspace import (
     DualGPM,
     input_covariances,
     inflora_down,
@@ -50,6 +48,7 @@ from harness.subspace import (
     threshold,
     validate_thresholds,
 )
+from harness.method import Method, register
 
 
 @dataclass

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from harness.method import Method
-from harness.registry import register
+from harness.method import Method, register
 
 
 @register

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.merging import magmax_update
-from harness.registry import register
+from harness.math.merging import magmax_update
+from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
 
 

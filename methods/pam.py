@@ -13,9 +13,9 @@ with every choice a hyper-parameter:
 * Alignment penalty (`training_loss` = CE + μ·P): on the entries M of each matrix where |D̂_{t−1}| is in the top
   `top_fraction`, "sign": P = Σ_M relu(−sgn(D̂)·τ_t)² / Σ_M D̂² (τ_t must not flip the merged sign on the entries that
   carry the merge) or "deviation": P = Σ_M (τ_t − D̂)² / Σ_M D̂² (must not move them). Differentiable in the LoRA
-  factors through `lora_delta`; off for task 1 (nothing merged yet). harness/merging.py `alignment_penalty`.
+  factors through `lora_delta`; off for task 1 (nothing merged yet). harness/math/merging.py `alignment_penalty`.
 * Merge: θ̂_t = (1 − β_t)·θ̂_{t−1} + β_t·θ*_t on the dense deltas, β_t = 1/t (running mean, default) or a constant
-  `merge_weight`; harness/merging.py `running_merge`. With start "merged" this is θ̂_t = θ̂_{t−1} + β_t·ΔW_t.
+  `merge_weight`; harness/math/merging.py `running_merge`. With start "merged" this is θ̂_t = θ̂_{t−1} + β_t·ΔW_t.
 Defaults [I]: μ = 1 (P is dimensionless: 1 for a fully sign-flipped watched part), top 20% (TIES' density), "sign",
 1/t. None is tuned. State: W0, the start point and the running merged delta (constant memory).
 """
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from harness.errors import ConfigError
-from harness.merging import alignment_mask, alignment_penalty, running_merge
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.math.merging import alignment_mask, alignment_penalty, running_merge
+from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
 
 if TYPE_CHECKING:
-    from harness.backbone import CLModel
+    from harness.model.backbone import CLModel
 
 Penalty = Literal["sign", "deviation"]
 

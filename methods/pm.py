@@ -9,7 +9,7 @@ Per task t (a new LoRA on k/v, trained from the current merged weights θ̂_{t�
   factors) by (1 + s·ε), ε = 0.5 [paper]. One forward and one backward per step. The merged weights and the heads
   are never perturbed. E[loss] = L(θ) + (ε²/3)·ΔᵀHΔ + O(ε⁴): a curvature penalty along the task vector.
 * Infer after merging (§2): the diagonal empirical Fisher F_t of the task's CE (current head, local labels,
-  logits/temperature) at the trained point, over the effective k/v matrices (harness/fisher.py) — by default the
+  logits/temperature) at the trained point, over the effective k/v matrices (harness/math/fisher.py) — by default the
   mean of per-sample squared gradients (the standard empirical Fisher; `fisher: batch` squares mini-batch-mean
   gradients instead, an option whose α depends on the batch size); then
       α_t = −Σ_{i≤t} (θ̂_{t−1} − θ*_i)ᵀ F_i Δ_t / Σ_{i≤t} Δ_tᵀ F_i Δ_t,  clipped to [0, 1] (α_1 = 1),
@@ -36,11 +36,10 @@ from typing import Iterator, Literal
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.merging import Alpha, pm_alpha_stream, pm_stream_update
-from harness.method import Method
-from harness.registry import register
-from harness.seeding import generator
+from harness.core.errors import ConfigError
+from harness.core.seeding import generator
+from harness.math.merging import Alpha, pm_alpha_stream, pm_stream_update
+from harness.method import Method, register
 
 Perturbation = Literal["task-vector", "gaussian", "none"]
 SIGNS = (0, 1, -1)  # s drawn uniformly from these (p0 = p+ = p− = 1/3, research/pm-spec.md §3.2)
@@ -51,7 +50,7 @@ class PMParams:
     epsilon: float = 0.5  # perturbation size ε [paper]
     perturbation: Perturbation = "task-vector"  # direction: the task's LoRA product, a Gaussian one, or none
     per_module: bool = False  # one α per adapted matrix instead of one global α (the paper's ablation)
-    fisher: Literal["per-sample", "batch"] = "per-sample"  # Fisher estimator (harness/fisher.py); batch: option only
+    fisher: Literal["per-sample", "batch"] = "per-sample"  # Fisher estimator (harness/math/fisher.py); batch: option only
 
     def validate(self, where: str) -> None:
         if self.epsilon < 0:

@@ -6,8 +6,7 @@ Each task trains a new LoRA on k/v starting from the current weights and folds i
 
 from __future__ import annotations
 
-from harness.method import Method
-from harness.registry import register
+from harness.method import Method, register
 
 
 @register

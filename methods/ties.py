@@ -6,16 +6,16 @@ agrees with γ, times λ: θ̂_t = W0 + λ·disjoint_mean. Yadav et al., "TIES-M
 Merging Models", NeurIPS 2023, arXiv 2306.01708. Defaults from the MagMax code's TIES baseline (continual setting,
 research/merging-methods.md §3): top-20%, λ = 0.55, tasks trained sequentially (start "sequential", τ_t cumulative)
 — tuned for full fine-tuning of CLIP, not LoRA, so hyper-parameters. Online: positive/negative sums and counts of the
-trimmed vectors give exactly the batch result (harness/merging.py `ties_accumulate`), so memory is constant.
+trimmed vectors give exactly the batch result (harness/math/merging.py `ties_accumulate`), so memory is constant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.errors import ConfigError
-from harness.merging import ties_accumulate, ties_resolve, ties_trim
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.math.merging import ties_accumulate, ties_resolve, ties_trim
+from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
 
 

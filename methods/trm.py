@@ -1,7 +1,7 @@
 """TRM-recon — Trajectory Regularized Merging, a RECONSTRUCTION from the abstract of Wang & Deng, "Revitalizing the
 Beginning: Avoiding Storage Dependency for Model Merging in Continual Learning" (arXiv 2605.08311, 2026). No code,
 equations or hyper-parameters of the paper are public; this implements research/merging-methods.md §1.4, whose
-every choice is ours (see `reconstruction` below and harness/trajectory_merge.py for the formulas).
+every choice is ours (see `reconstruction` below and harness/math/trajectory_merge.py for the formulas).
 
 Per task t:
 * Train a fresh LoRA on k/v (and a new head) with CE from the previous merged model θ̂_{t−1}.
@@ -31,11 +31,10 @@ from typing import Literal
 import torch
 from torch.func import functional_call
 
-from harness import trajectory_merge as tm
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.registry import register
-from harness.seeding import generator
+from harness.core.errors import ConfigError
+from harness.core.seeding import generator
+from harness.math import trajectory_merge as tm
+from harness.method import Method, register
 
 Augment = Literal["previous", "random", "both", "none"]
 
@@ -161,7 +160,7 @@ class TRM(Method):
     def probe_head(self, model, task) -> torch.nn.Linear:
         """The fresh head of L_probe: initialised like a new task head (CLModel.heads.add), seeded by (run, task),
         as wide as the current task's head, frozen."""
-        from harness.seeding import seeded
+        from harness.core.seeding import seeded
 
         ref = model.heads.heads[-1]
         with seeded(self.task_seed("trm-probe-head", task.index)):

@@ -5,7 +5,7 @@ Hiroshima, Uchida, Shirakawa, "Tunable MagMax", ICPR 2026, arXiv 2605.20803; rul
 "sequential": task t from θ*_{t−1}, τ_t = θ*_t − W0 cumulative). After task t, with preference weights w over the
 seen tasks 1..t, every adapted k/v matrix with n entries takes exactly q_i = ⌊n·w_i⌋ (+ round-robin remainder)
 entries from τ_i: MagMax's winners, with each over-quota task's excess (random, seeded) handed to the largest |τ|
-among earlier tasks and the first task's overflow to the later tasks below quota (harness/merging.py
+among earlier tasks and the first task's overflow to the later tasks below quota (harness/math/merging.py
 `tunable_magmax`). θ̂_t = W0 + λ·τ_merged, λ = 0.5 (official code, full fine-tuning of CLIP: re-tune for LoRA).
 
 Preference weights. The paper derives w from a small *target dataset* (default metric `labels`: w_i ∝ number of
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import ConfigError
-from harness.merging import tunable_magmax
-from harness.registry import register
-from harness.seeding import generator
+from harness.core.errors import ConfigError
+from harness.core.seeding import generator
+from harness.math.merging import tunable_magmax
+from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
 
 SOURCES = ("classes", "test-samples", "uniform")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.stream import Task
+from harness.data.stream import Task
 
 N_CLS = 3
 
@@ -48,3 +48,23 @@ def crash_in_task_1(monkeypatch, method_cls, cfg, epochs_done: int) -> None:
         return original(self, model, x, y, task)
 
     monkeypatch.setattr(method_cls, "training_loss", crash)
+
+
+def kill_in_task_1(monkeypatch, method_cls, cfg, exec_cfg, epochs_done: int = 1):
+    """Run `cfg` until a simulated kill in task 1 (`crash_in_task_1`), check that the epoch checkpoint left behind is
+    (task 1, `epochs_done`) and that no result was written, restore the method; the run's directory."""
+    import pytest
+    import torch
+
+    from harness.store import is_complete, run_dir
+    from harness.train.run import execute
+
+    original = method_cls.training_loss
+    crash_in_task_1(monkeypatch, method_cls, cfg, epochs_done)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, exec_cfg)
+    d = run_dir(cfg)
+    ep = torch.load(d / "checkpoint.epoch.pt", weights_only=False)
+    assert (ep["task"], ep["epochs_done"]) == (1, epochs_done) and not is_complete(d)
+    monkeypatch.setattr(method_cls, "training_loss", original)
+    return d

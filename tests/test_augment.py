@@ -1,4 +1,4 @@
-"""Batched augmentation (harness/augment.py): determinism, RandomResizedCrop geometry, flip, AutoAugment equivalence
+"""Batched augmentation (harness/data/augment.py): determinism, RandomResizedCrop geometry, flip, AutoAugment equivalence
 with torchvision's per-sample AutoAugment, and the deterministic test transform."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from harness import augment as A
-from harness.errors import ConfigError
-from harness.schema import from_dict
+from harness.core.errors import ConfigError
+from harness.core.schema import from_dict
+from harness.data import augment as A
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -39,8 +39,8 @@ def _ramp(side: int = 256) -> torch.Tensor:
 
 def _preset(protocol: str, benchmark: str) -> tuple[A.TrainTransform, A.TestTransform]:
     """A protocol's transforms for a benchmark, from datasets/protocols/<protocol>.yaml."""
-    from harness.protocol import load_protocol
-    from harness.spec import load_spec
+    from harness.data.protocol import load_protocol
+    from harness.data.spec import load_spec
 
     st = load_protocol(protocol).style(load_spec(benchmark).style, benchmark)
     return copy.deepcopy(st.train), copy.deepcopy(st.test)
@@ -228,3 +228,86 @@ def test_config_loading_and_validation():
             assert A.output_size(train, test, stored) == 224
     with pytest.raises(ConfigError, match="train images are 224"):
         A.output_size(A.TrainTransform(), A.TestTransform(), stored=256)
+
+
+def _edge_cases(x: torch.Tensor) -> torch.Tensor:
+    """`x` with some samples made degenerate for the histogram ops: constant images (AutoContrast's flat range,
+    Equalize's step 0), two-level images and one constant channel."""
+    x = x.clone()
+    x[::9] = 77
+    x[4::9] = (x[4::9] > 127).to(torch.uint8) * 255
+    x[5::9, 1] = 200
+    return x
+
+
+@pytest.mark.parametrize(
+    "policy,interp,side,channels",
+    [("imagenet", "nearest", 32, 3), ("cifar10", "bilinear", 32, 3), ("imagenet", "bilinear", 45, 3), ("cifar10", "nearest", 20, 1)],
+)
+def test_whole_batch_autoaugment_equals_torchvision_per_sample(policy, interp, side, channels):
+    """The whole-batch path (harness/data/autoaugment.py, the path off the CPU) gives torchvision's AutoAugment pixels
+    exactly, for every op of both policies, every magnitude bin drawn and both signs, on CPU (grayscale images too:
+    Color is then the identity and Contrast uses the plain mean, as in torchvision)."""
+    n = 300
+    x = _edge_cases(_images(n, side, seed=2))[:, :channels].contiguous()
+    draw = A.draw_autoaugment(n, policy, _gen(5))
+    ours = A.autoaugment_batch(x, draw, policy, interp, path="batched")
+    ref_aa = T.AutoAugment(T.AutoAugmentPolicy(policy), interpolation=T.InterpolationMode(interp))
+    applied: set[str] = set()
+    for i in range(n):
+        params = (int(draw.policy_id[i]), draw.probs[i], draw.signs[i])
+        with mock.patch.object(T.AutoAugment, "get_params", return_value=params):
+            ref = ref_aa(x[i])
+        sub = ref_aa.policies[params[0]]
+        applied |= {sub[k][0] for k in range(2) if float(draw.probs[i][k]) <= sub[k][1]}
+        assert torch.equal(ours[i], ref), f"sample {i}: sub-policy {sub} differs from torchvision"
+    assert applied == {op for sub in ref_aa.policies for op, _, _ in sub}  # every op of the policy was exercised
+    assert torch.equal(ours, A.autoaugment_batch(x, draw, policy, interp, path="grouped"))
+
+
+def test_autoaugment_path_choice_keeps_cpu_pixels():
+    """train_batch's AutoAugment path: grouped and batched give the same CPU output; auto is grouped on CPU."""
+    x = _images(24, 40, seed=3)
+    for protocol, dataset in [("pm", "imagenet-r-10"), ("pm", "cifar100-10")]:
+        train, _ = _preset(protocol, dataset)
+        train.size = 32
+        runs = {p: A.train_batch(x, train, _gen(9), autoaugment_path=p) for p in ("auto", "grouped", "batched")}
+        assert torch.equal(runs["auto"], runs["grouped"]) and torch.equal(runs["grouped"], runs["batched"])
+    with mock.patch("harness.data.autoaugment.apply", side_effect=AssertionError("batched path used on CPU")):
+        A.autoaugment_batch(x, A.draw_autoaugment(24, "imagenet", _gen(0)), "imagenet")
+    with pytest.raises(ValueError, match="grouped, batched"):
+        A.train_batch(x, A.TrainTransform(autoaugment="imagenet", size=32), _gen(0), autoaugment_path="fast")
+
+
+def test_whole_batch_per_pixel_maths_is_torchvision_exactly_on_all_inputs():
+    """Exhaustive checks of the two places where float32 rounding could differ from torchvision unnoticed on random
+    images: the grayscale of every RGB triple (Color, Contrast) and AutoContrast's table for every (min, max) pair."""
+    from torchvision.transforms import _functional_tensor as FT
+
+    from harness.data import autoaugment as AB
+
+    v = torch.arange(256, dtype=torch.uint8)
+    cube = torch.stack(torch.meshgrid(v, v, v, indexing="ij")).reshape(1, 3, 256, 65536)  # every (r, g, b)
+    assert torch.equal(AB._grayscale(cube), FT.rgb_to_grayscale(cube))
+    lo, hi = torch.triu_indices(256, 256)  # every 0 <= min <= max <= 255
+    rows = torch.minimum(torch.maximum(v.long()[None], lo[:, None]), hi[:, None]).to(torch.uint8)  # values min..max
+    x = rows.view(-1, 1, 1, 256)
+    prm = torch.zeros((x.shape[0], AB._K))
+    ours = AB._table(AB._AUTOCONTRAST, x, x.view(-1, 1, 256).long(), prm).view(-1, 1, 1, 256)
+    assert torch.equal(ours.gather(3, x.long()), FT.autocontrast(x))
+
+
+def test_autoaugment_ops_benchmark_runs_tiny():
+    """benchmarks/autoaugment_ops.py on a tiny batch: the script cannot rot, and its counts say what they should."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "autoaugment_ops.py"
+    spec = importlib.util.spec_from_file_location("autoaugment_ops", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--batch", "32", "--size", "24", "--reps", "1"])
+    for policy in ("imagenet", "cifar10"):
+        grouped, batched = out[policy, "grouped"], out[policy, "batched"]
+        assert grouped["groups"] == batched["groups"] > 10 and grouped["ms"] > 0 and batched["ms"] > 0
+        assert batched["ops"] < grouped["ops"]

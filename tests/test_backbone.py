@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from harness.backbone import BackboneConfig, CLModel, SplitQKV
+from harness.model.backbone import BackboneConfig, CLModel, SplitQKV
 
 
 def _model(**kw) -> CLModel:

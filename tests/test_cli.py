@@ -32,7 +32,7 @@ def test_bad_input_exits_non_zero_with_message(args, message):
 
 
 def test_list_methods_has_descriptions():
-    from harness.registry import get_method, method_names
+    from harness.method.registry import get_method, method_names
 
     p = clmerge("list", "methods")
     assert p.returncode == 0

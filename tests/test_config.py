@@ -1,7 +1,8 @@
 import pytest
 
-from harness.config import parse_set, resolve
-from harness.errors import ConfigError
+from harness.config import parse_set
+from harness.core.errors import ConfigError
+from harness.resolve import resolve
 
 
 def test_resolution_order_and_hash():

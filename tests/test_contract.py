@@ -6,9 +6,12 @@ Two tasks of the bundled digits (2 × 5 classes) on the 2-block test ViT, one ep
 import pytest
 import torch
 
-from harness.config import ExecConfig, resolve
-from harness.registry import get_method, method_names
-from harness.trainer import build, load_checkpoint, run_tasks
+from harness.config import ExecConfig
+from harness.method.registry import get_method, method_names
+from harness.resolve import resolve
+from harness.train.checkpoints import load_checkpoint
+from harness.train.setup import build
+from harness.train.trainer import run_tasks
 from tests.conftest import FAST
 
 QUIET = ExecConfig(progress=False)

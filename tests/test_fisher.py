@@ -1,4 +1,4 @@
-"""The diagonal empirical Fisher (harness/fisher.py) on the tiny float64 model: both estimators against brute-force
+"""The diagonal empirical Fisher (harness/math/fisher.py) on the tiny float64 model: both estimators against brute-force
 loops, the per-sample one's independence of the batching, and what that does to P&M's α."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.fisher import empirical_fisher
+import harness.math.fisher as harness_fisher
+from harness.math.fisher import empirical_fisher
 from tests.fakes import N_CLS, FakeData, make_task
 from tests.test_methods_pm import begin, make_method, make_model, randomize
 
@@ -64,7 +65,7 @@ def test_batch_estimator_equals_brute_force_mean_of_squared_batch_gradients():
 def test_per_sample_estimator_equals_a_brute_force_loop_of_per_sample_backward_passes(batch_size, monkeypatch):
     model, data, loss_fn = fisher_setup()
     # tiny chunks, so the chunked per-sample products are exercised across chunk boundaries
-    monkeypatch.setattr("harness.fisher.CHUNK_ELEMENTS", 2 * 16 * 16)
+    monkeypatch.setattr("harness.math.fisher.CHUNK_ELEMENTS", 2 * 16 * 16)
     fisher = empirical_fisher(model, data.batches(batch_size), loss_fn)
     brute = {n: torch.zeros_like(f) for n, f in fisher.items()}
     n_samples = 0
@@ -125,15 +126,17 @@ def test_trainer_gives_pm_the_task_training_samples_for_its_fisher(results, monk
     sees exactly those images (evaluation view) — not the test data, not another task's."""
     import numpy as np
 
-    import harness.fisher
-    from harness.config import ExecConfig, resolve
-    from harness.trainer import build, run_tasks
+    import harness.math.fisher
+    from harness.config import ExecConfig
+    from harness.resolve import resolve
+    from harness.train.setup import build
+    from harness.train.trainer import run_tasks
     from tests.conftest import FAST
 
     cfg = resolve("split-digits-2x5", "pm", seed=0, overrides=FAST)
     s = build(cfg, ExecConfig(progress=False))
     seen: list[tuple] = []
-    real_end_task, real_fisher = type(s.method).end_task, harness.fisher.empirical_fisher
+    real_end_task, real_fisher = type(s.method).end_task, harness.math.fisher.empirical_fisher
 
     def end_task(self, model, task, data):
         seen.append((task, data.bank, np.asarray(data.indices).copy(), []))
@@ -144,7 +147,7 @@ def test_trainer_gives_pm_the_task_training_samples_for_its_fisher(results, monk
         return real_fisher(model, (xs.append((x, y)) or (x, y) for x, y in batches), loss_fn, estimator)
 
     monkeypatch.setattr(type(s.method), "end_task", end_task)
-    monkeypatch.setattr(harness.fisher, "empirical_fisher", fisher)
+    monkeypatch.setattr(harness.math.fisher, "empirical_fisher", fisher)
     run_tasks(s, ExecConfig(progress=False))
     assert len(seen) == len(s.stream.tasks) == 2
     for task, bank, indices, batches in seen:
@@ -156,3 +159,48 @@ def test_trainer_gives_pm_the_task_training_samples_for_its_fisher(results, monk
         assert torch.equal(x, torch.cat(ref_x)) and torch.equal(y, torch.cat(ref_y))
         assert set(y.tolist()) == set(range(task.offset, task.offset + task.num_classes))
         assert len(y) == len(task.train_indices) != len(task.test_indices)
+
+
+def test_precision_is_bf16_autocast_on_cuda_and_nothing_on_cpu():
+    """The Fisher pass uses the run's precision (harness/core/precision.py): bf16 autocast on a CUDA device (checked
+    without a GPU: the context object, not its effect), a null context on CPU (CPU results stay fp32, unchanged)."""
+    import contextlib
+    import warnings
+
+    from harness.core.precision import autocast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available, disabling autocast" on a CPU-only machine
+        ctx = autocast(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    import inspect
+
+    assert inspect.signature(empirical_fisher).parameters["precision"].default is autocast
+
+
+@pytest.mark.parametrize("estimator", ["per-sample", "batch"])
+def test_fisher_under_bf16_autocast_accumulates_in_fp32(estimator, monkeypatch):
+    """With the forward in bf16 autocast (forced on CPU here, as CUDA runs it), the hooks get bf16 gradients but every
+    product, square and sum is fp32 and the result float64, within bf16 rounding of the fp32 Fisher."""
+    model, data, loss_fn = fisher_setup()
+    model.float()
+    batches = [(x.float(), y) for x, y in data.batches(4)]
+    reference = empirical_fisher(model, batches, loss_fn, estimator)
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    real = harness_fisher.per_sample_square_sum
+
+    def spy(g, x, dtype):
+        out = real(g, x, dtype)
+        seen.append((g.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(harness_fisher, "per_sample_square_sum", spy)
+    bf16 = lambda device: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    fisher = empirical_fisher(model, batches, loss_fn, estimator, precision=bf16)
+    if estimator == "per-sample":
+        assert seen and all(s == (torch.bfloat16, torch.float32) for s in seen)
+    for n in fisher:
+        assert fisher[n].dtype == torch.float64 and bool((fisher[n] > 0).any())
+        assert not torch.equal(fisher[n], reference[n])  # the bf16 forward did run
+        torch.testing.assert_close(fisher[n], reference[n], rtol=0.1, atol=1e-3 * float(reference[n].abs().max()))

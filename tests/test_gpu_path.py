@@ -8,12 +8,14 @@ import traceback
 import pytest
 import torch
 
-from harness.config import ExecConfig, resolve
-from harness.registry import get_method, method_names
-from harness.run import execute
-from harness.seeding import rng_from_host
+from harness.config import ExecConfig
+from harness.core.seeding import rng_from_host
+from harness.method.registry import get_method, method_names
+from harness.resolve import resolve
 from harness.store import run_dir
-from harness.trainer import build, restore_rngs
+from harness.train.checkpoints import restore_rngs
+from harness.train.run import execute
+from harness.train.setup import build
 from tests.conftest import FAST
 from tests.fakes import crash_in_task_1
 
@@ -135,7 +137,7 @@ def test_sync_counter_catches_what_it_must():
 def test_step_loop_never_synchronises(results, monkeypatch, method):
     """A few training steps of every registered method, over two tasks (so that the task-≥1 paths — penalties,
     gradient projection, perturbation — run), with every epoch's step loop (data included) under the counter."""
-    import harness.trainer as trainer
+    import harness.train.trainer as trainer
 
     import dataclasses
 
@@ -151,7 +153,7 @@ def test_step_loop_never_synchronises(results, monkeypatch, method):
         steps[0] += len(watch.losses)
 
     monkeypatch.setattr(trainer, "run_epoch", counted)
-    s = trainer.build(cfg, QUIET)
+    s = build(cfg, QUIET)
     small = tuple(  # 48 training images a task (2 steps), 16 test images: every hook runs, on less data
         dataclasses.replace(t, train_indices=t.train_indices[:48], test_indices=t.test_indices[:16]) for t in s.stream.tasks
     )
@@ -182,7 +184,7 @@ def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
 def test_prefetcher_yields_the_same_batches_and_stops_cleanly():
     import threading
 
-    from harness.prefetch import Prefetcher
+    from harness.data.prefetch import Prefetcher
 
     items = [(torch.full((2,), float(i)), torch.tensor([i])) for i in range(7)]
     got = list(Prefetcher(iter(items), torch.device("cpu"), depth=2))
@@ -221,7 +223,7 @@ crash_training_loss_original = get_method("pm").training_loss
 
 
 def run_tasks_plain(cfg):
-    from harness.trainer import run_tasks
+    from harness.train.trainer import run_tasks
 
     plain = ExecConfig(progress=False, prefetch="off")
     return run_tasks(build(cfg, plain), plain)
@@ -232,10 +234,10 @@ def test_device_resident_images_give_the_same_batches():
     host/memory-map path, augmentation included; a bad setting is a clear error."""
     import numpy as np
 
-    from harness.augment import TestTransform, TrainTransform
-    from harness.data import ImageBank, resident_on_device
-    from harness.errors import ConfigError
-    from harness.spec import ImageSpec
+    from harness.core.errors import ConfigError
+    from harness.data.augment import TestTransform, TrainTransform
+    from harness.data.image_bank import ImageBank, resident_on_device
+    from harness.data.spec import ImageSpec
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 3, 20, 20), dtype=np.uint8)
@@ -256,8 +258,9 @@ def test_device_resident_images_give_the_same_batches():
 
 def test_batched_crop_path_is_sync_free_after_its_first_batch():
     """The CUDA crop path (boxes and flips copied once per batch, cached normalisation constants), run on CPU."""
-    from harness import augment
-    from harness.augment import _to_device, _to_unit, draw_crop_boxes, resized_crop_batch
+    from harness.data import augment
+    from harness.core.devices import to_device_async
+    from harness.data.augment import _to_unit, draw_crop_boxes, resized_crop_batch
 
     augment._AFFINE.clear()  # as in a fresh process
     g = torch.Generator().manual_seed(0)
@@ -265,8 +268,111 @@ def test_batched_crop_path_is_sync_free_after_its_first_batch():
     for first in (True, False):
         boxes = draw_crop_boxes(8, 20, 20, [0.08, 1.0], [0.75, 4 / 3], g)
         flip = torch.rand(8, generator=g) < 0.5
-        packed = _to_device(torch.cat([boxes.double(), flip.double()[:, None]], 1), u8.device)
+        packed = to_device_async(torch.cat([boxes.double(), flip.double()[:, None]], 1), u8.device)
         with SyncCounter() as c:
             x = resized_crop_batch(u8.float(), packed[:, :4], 16, "bilinear", packed[:, 4] > 0.5)
             _to_unit(x, clamp=False, mean=[0.5] * 3, std=[0.5] * 3)
         assert (c.events != []) == first  # the first batch puts the normalisation constants on the device, once
+
+
+def test_whole_batch_autoaugment_is_sync_free_with_a_fixed_op_count(monkeypatch):
+    """AutoAugment's whole-batch path (the path off the CPU), run on CPU: no scalar reads, masks or blocking copies;
+    one host→device copy per batch; and a number of torch ops that does not grow with the number of distinct
+    (op, magnitude, sign) groups drawn — unlike the grouped path, which runs torchvision once per group."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from harness.data import autoaugment
+    from harness.data.augment import autoaugment_batch, draw_autoaugment
+
+    class OpCount(TorchDispatchMode):
+        """Torch ops that compute (views excluded), host planning included."""
+
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 0 if func.is_view else 1
+            return func(*args, **(kwargs or {}))
+
+    copies = []
+    to_device = autoaugment.to_device_async
+    monkeypatch.setattr(autoaugment, "to_device_async", lambda t, d: copies.append(t.shape) or to_device(t, d))
+    counts: dict = {}
+    for policy in ("imagenet", "cifar10"):
+        for batch in (64, 1024, 4096):
+            g = torch.Generator().manual_seed(batch)
+            u8 = torch.randint(0, 256, (batch, 3, 12, 12), dtype=torch.uint8, generator=g)
+            draw = draw_autoaugment(batch, policy, g)
+            autoaugment_batch(u8, draw, policy, path="batched")  # first call: per-policy tables, cached constants
+            copies.clear()
+            with SyncCounter() as sync, OpCount() as ops:
+                autoaugment_batch(u8, draw, policy, path="batched")
+            assert sync.events == [] and len(copies) == 1, (policy, batch, sync.events, copies)
+            with OpCount() as grouped:
+                autoaugment_batch(u8, draw, policy, path="grouped")
+            counts[policy, batch] = (ops.n, grouped.n)
+    for policy in ("imagenet", "cifar10"):
+        # a batch of 4096 draws every (op, magnitude, sign) of both slots, 64 only some: the batched count is the
+        # same once every op occurs (1024 vs 4096) and at most 200, the grouped count is not
+        assert counts[policy, 1024][0] == counts[policy, 4096][0] <= 200, counts
+        assert counts[policy, 64][0] <= counts[policy, 1024][0] < counts[policy, 1024][1] / 2.2, counts
+
+
+def test_cached_eval_view_gives_bit_identical_batches_and_accuracies(results, monkeypatch):
+    """A test bank that caches its evaluation view (harness/data/image_bank.py) yields exactly the batches of the uncached
+    memory-map path — for batches that are fresh, cached, or partly both — and evaluation gives the same accuracies,
+    while the test transform runs once per image; the evaluation reads its counts with a single sync."""
+    import numpy as np
+
+    from harness.data.augment import TestTransform
+    from harness.data.image_bank import ImageBank
+    from harness.data.spec import ImageSpec
+    from harness.train.trainer import evaluate, run_tasks
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 12, 12), dtype=np.uint8)
+    labels = rng.integers(0, 4, 40)
+    spec = ImageSpec(size=16, channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    test = TestTransform(resize=18, center_crop=16)  # bicubic upscaling: a transform worth caching
+    cpu = torch.device("cpu")
+    plain, cached = (ImageBank(images, labels, spec, cpu, test, cache_eval_view=c) for c in (False, True))
+    assert plain._viewed is None and cached._viewed is not None
+    transformed = [0]
+    real = ImageBank.preprocess
+
+    def counting(self, u8):
+        if self is cached:
+            transformed[0] += len(u8)
+        return real(self, u8)
+
+    monkeypatch.setattr(ImageBank, "preprocess", counting)
+    for indices, bs in [(np.arange(0, 20), 8), (np.arange(10, 40), 7), (np.arange(40)[::-1].copy(), 16), (np.arange(40), 40)]:
+        for (xa, ya), (xb, yb) in zip(plain.iterate(indices, bs), cached.iterate(indices, bs), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert transformed[0] == 40  # each image once
+    monkeypatch.undo()
+
+    # a whole run's evaluation: the digits' test images as a memory-map-like array, cached or not
+    cfg = resolve("split-digits-2x5", "seq-lora", seed=0, overrides=FAST)
+    s = build(cfg, QUIET)
+    run_tasks(s, QUIET)
+    u8 = (s.data.test_images.numpy() if isinstance(s.data.test_images, torch.Tensor) else np.asarray(s.data.test_images))
+    host_labels = s.test_bank._labels_host.numpy()
+    banks = [ImageBank(u8, host_labels, s.spec.image, cpu, s.spec.test_transform, cache_eval_view=c) for c in (False, True)]
+    assert banks[0]._pre is None and banks[1]._viewed is not None
+    last = len(s.stream.tasks) - 1
+    reference = evaluate(s.model, s.test_bank, s.stream, last, 64)
+    for bank in banks + [banks[1]]:  # the cached bank twice: filled, then read from the cache
+        assert evaluate(s.model, bank, s.stream, last, 64) == reference
+    assert banks[1]._viewed.all()
+    with SyncCounter() as c:
+        evaluate(s.model, banks[1], s.stream, last, 64)
+    assert c.events == [], c.events  # the counts are read by one .tolist(), not an int() per batch
+
+
+def test_eval_cache_budget():
+    from harness.data.image_bank import EVAL_CACHE_CPU_BYTES, eval_cache_fits
+
+    cpu = torch.device("cpu")
+    assert eval_cache_fits(EVAL_CACHE_CPU_BYTES, cpu) and not eval_cache_fits(EVAL_CACHE_CPU_BYTES + 1, cpu)

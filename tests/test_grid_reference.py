@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from harness import grid_reference as gr
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.report import grid_reference as gr
 
 METRICS = ("a_last", "a_avg", "forgetting", "task_aware_a_last")
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.dispatch import dispatch
-from harness.errors import ConfigError
-from harness.grid import expand, load_grid
-from harness.report import report
+from harness.core.errors import ConfigError
+from harness.dispatch.executors import dispatch
+from harness.dispatch.grid import expand, load_grid
+from harness.report.grid_report import report
 from harness.store import run_dir
 from tests.conftest import FAST
 
@@ -38,7 +38,7 @@ def test_expand_with_method_overrides(tmp_path):
 
 
 def test_smoke_grid_covers_every_registered_method():
-    from harness.registry import method_names
+    from harness.method.registry import method_names
 
     cells = expand(load_grid("smoke"))
     assert {c.method for c in cells} == set(method_names())
@@ -104,7 +104,7 @@ def test_report_marks_reconstructed_methods_and_says_what_is_reconstructed():
     the others are unmarked."""
     import pandas as pd
 
-    from harness.report import aggregate, markdown
+    from harness.report.grid_report import aggregate, markdown
 
     base = {"benchmark": "b", "done": True, "a_last": 0.5, "a_avg": 0.6, "forgetting": 0.1, "task_aware_a_last": 0.9,
             "grad_norm_start": 0.2}

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.cache import open_prepared
-from harness.config import ExecConfig, resolve, run_spec
-from harness.errors import ConfigError
-from harness.prepare import decode_image, prepare
-from harness.spec import load_spec
-from harness.splits import split_sha256
-from harness.stream import class_order
+from harness.config import ExecConfig
+from harness.core.errors import ConfigError
+from harness.data.cache import open_prepared
+from harness.data.prepare import decode_image, prepare
+from harness.data.protocol import run_spec
+from harness.data.spec import load_spec
+from harness.data.splits import split_sha256
+from harness.data.stream import class_order
+from harness.resolve import resolve
 from tests import imagegen as gen
 
 QUIET = ExecConfig(progress=False, device="cpu")
@@ -159,7 +161,7 @@ def test_missing_source_wrong_classes_and_missing_cache_say_what_to_do(cache, tm
     with pytest.raises(ConfigError, match="do not match"):
         prepare(spec, source=str(named), storage_size=16, **SILENT)
     cfg = resolve("imagenet-r-10", "seq-lora", overrides={"backbone.preset": "vit-micro-rgb-test"})
-    from harness.trainer import build
+    from harness.train.setup import build
 
     with pytest.raises(ConfigError, match="clmerge prepare imagenet-r-10"):
         build(cfg, QUIET)
@@ -246,7 +248,8 @@ def test_prepared_benchmark_trains_and_records_protocol(cache, tmp_path, monkeyp
     gen.datasets_copy(tmp_path, monkeypatch, {"protocols/tiny.yaml": gen.TINY_PROTOCOL})
     src = gen.class_folders(tmp_path / "inr", gen.wnids(200), per_class=3, ext="jpg")
     prepare(load_spec("imagenet-r-5"), source=str(src), storage_size=20, **SILENT)
-    from harness.trainer import build, run_tasks
+    from harness.train.setup import build
+    from harness.train.trainer import run_tasks
 
     over = {"protocol": "tiny", "backbone.preset": "vit-micro-rgb-test", "train.epochs": 1}
     cfg = resolve("imagenet-r-5", "pm", overrides=over)
@@ -256,7 +259,7 @@ def test_prepared_benchmark_trains_and_records_protocol(cache, tmp_path, monkeyp
     assert again.acc == state.acc and again.method_records == state.method_records
     from pathlib import Path
 
-    from harness.run import execute
+    from harness.train.run import execute
 
     out = execute(resolve("imagenet-r-5", "seq-lora", overrides=over), QUIET)
     result = json.loads((Path(out.run_dir) / "result.json").read_text())

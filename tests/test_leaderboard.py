@@ -9,9 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from harness import leaderboard as lb
-from harness.errors import ConfigError
-from harness.io import atomic_write_json
+from harness.core.errors import ConfigError
+from harness.core.io import atomic_write_json
+from harness.report import leaderboard as lb
 from harness.store import run_dir
 from tests.conftest import FAST
 
@@ -20,7 +20,7 @@ REQUIRED_TABLES = {"pm-merging", "pm-ablation", "pm-inr10-cl", "inr-5-10-20", "t
 
 def test_verdict_rule_is_the_verdicts_module():
     # the rule itself is tested in tests/test_verdicts.py; the leaderboard must use exactly it
-    from harness import verdicts
+    from harness.report import verdicts
 
     assert lb.verdict is verdicts.verdict and lb.VERDICT_RULE is verdicts.VERDICT_RULE
 
@@ -34,8 +34,8 @@ def test_shipped_tables_validate_against_registries():
     assert REQUIRED_TABLES <= set(names)
     listed = dict(lb.list_tables())
     assert REQUIRED_TABLES <= set(listed) and all(listed.values())
-    from harness.registry import method_names
-    from harness.spec import available_benchmarks
+    from harness.data.spec import available_benchmarks
+    from harness.method.registry import method_names
 
     registered, benchmarks = set(method_names()), set(available_benchmarks())
     for name in names:
@@ -265,7 +265,7 @@ def test_shipped_report_without_runs(tmp_path):
 def test_grid_table_report_over_synthetic_runs(tmp_path):
     root = tmp_path / "results"
     cells = [c for c in lb.table_cells("smoke") if c.method == "seq-lora"]
-    from harness.grid import expand, load_grid
+    from harness.dispatch.grid import expand, load_grid
 
     assert {c.run_id() for c in lb.table_cells("smoke")} == {c.run_id() for c in expand(load_grid("smoke"))}
     a_last, a_avg = [0.48, 0.50, 0.53], [0.70, 0.72, 0.71]
@@ -303,7 +303,7 @@ def test_latex_is_balanced_and_escaped(tmp_path, monkeypatch):
     assert re.search(r"^LoRA & -- & 50\.00.* & -- & 70\.00", body, re.M)
     assert r"P\&M$^\dagger$" in tex and r"$^\dagger$ \texttt{pm} is (partly) a reconstruction" in tex  # marked + footnote
     assert "first remark" in tex and r"\textsuperscript{" in tex  # notes as in the Markdown
-    from harness.table_render import tex_escape
+    from harness.report.table_render import tex_escape
 
     assert tex_escape(r"a_b & 50% #1 {x} ~^\ ±") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$")

@@ -1,11 +1,11 @@
-"""Exact checks of the merge rules in harness/merging.py on small problems (float64, tolerances at rounding level)."""
+"""Exact checks of the merge rules in harness/math/merging.py on small problems (float64, tolerances at rounding level)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness import merging as M
+from harness.math import merging as M
 from methods.pm import SIGNS, PMParams
 
 NAMES = ("blocks.0.attn.qkv.k", "blocks.0.attn.qkv.v")

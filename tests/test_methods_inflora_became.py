@@ -1,4 +1,4 @@
-"""InfLoRA and BECAME: the subspace math (harness/subspace.py) and BECAME's λ (harness/became_math.py) on small exact
+"""InfLoRA and BECAME: the subspace math (harness/math/subspace.py) and BECAME's λ (harness/math/became_math.py) on small exact
 problems, the methods' constraints on the tiny "vit-micro-test" model (float64), mid-task resume, and a property of
 InfLoRA end to end (old tasks' k/v outputs move much less than under sequential LoRA)."""
 
@@ -12,16 +12,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import subspace as S
-from harness.backbone import BackboneConfig, CLModel
-from harness.became_math import became_lambda, bilinear, objective, quad
-from harness.config import ExecConfig, RunConfig, TrainConfig, resolve
-from harness.errors import ConfigError
-from harness.method import MethodContext
-from harness.registry import get_method
-from harness.run import execute
+from harness.config import ExecConfig, RunConfig, TrainConfig
+from harness.core.errors import ConfigError
+from harness.math import subspace as S
+from harness.math.became_math import became_lambda, bilinear, objective, quad
+from harness.method.base import MethodContext
+from harness.method.registry import get_method
+from harness.model.backbone import BackboneConfig, CLModel
+from harness.resolve import resolve
 from harness.store import run_dir
-from harness.trainer import build, run_tasks
+from harness.train.run import execute
+from harness.train.setup import build
+from harness.train.trainer import run_tasks
 from tests import fakes
 from tests.conftest import FAST
 from tests.fakes import N_CLS

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import merging as M
-from harness.backbone import BackboneConfig, CLModel
 from harness.config import RunConfig, TrainConfig
-from harness.fisher import empirical_fisher
-from harness.method import Method, MethodContext
-from harness.registry import get_method
-from harness.seeding import generator
-from harness.stream import Task
+from harness.core.seeding import generator
+from harness.data.stream import Task
+from harness.math import merging as M
+from harness.math.fisher import empirical_fisher
+from harness.method.base import Method, MethodContext
+from harness.method.registry import get_method
+from harness.model.backbone import BackboneConfig, CLModel
 from methods.pm import SIGNS
 from tests.fakes import N_CLS, FakeData, make_task
 

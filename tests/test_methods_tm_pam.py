@@ -8,13 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import merging as M
-from harness.backbone import BackboneConfig, CLModel
-from harness.config import ExecConfig, resolve
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.seeding import generator
-from harness.trainer import build, run_tasks
+from harness.config import ExecConfig
+from harness.core.errors import ConfigError
+from harness.core.seeding import generator
+from harness.math import merging as M
+from harness.method.base import Method
+from harness.model.backbone import BackboneConfig, CLModel
+from harness.resolve import resolve
+from harness.train.setup import build
+from harness.train.trainer import run_tasks
 from methods.pam import lora_delta
 from tests.conftest import FAST
 from tests.fakes import make_task
@@ -210,8 +212,8 @@ def test_tunable_magmax_stores_lora_factors_and_merges_exactly_the_dense_task_ve
     """The state holds each task's (A, B) (plus the dense start only for start "merged"); the merge after every task
     is bit-identical to `tunable_magmax` on the dense τ_i the test forms itself from the trained LoRA products."""
     from harness.config import RunConfig, TrainConfig
-    from harness.method import MethodContext
-    from harness.registry import get_method
+    from harness.method.base import MethodContext
+    from harness.method.registry import get_method
     from tests.test_methods_pm import make_model, randomize, weights
 
     params = {"start": start, "preference": [1.0, 2.0, 4.0]}

@@ -1,5 +1,5 @@
 """TRM-recon (a reconstruction from the abstract of arXiv 2605.08311, see methods/trm.py): the pure math of
-harness/trajectory_merge.py on tiny problems, the method on the embedded benchmark (each of the three losses matters),
+harness/math/trajectory_merge.py on tiny problems, the method on the embedded benchmark (each of the three losses matters),
 and the trainer's first-steps gradient-norm record."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from harness import trajectory_merge as tm
-from harness.config import ExecConfig, resolve
-from harness.trainer import GRAD_NORM_STEPS, build, run_tasks
+from harness.config import ExecConfig
+from harness.math import trajectory_merge as tm
+from harness.resolve import resolve
+from harness.train.setup import build
+from harness.train.trainer import GRAD_NORM_STEPS, run_tasks
 from tests.conftest import FAST
 
 QUIET = ExecConfig(progress=False)
@@ -270,8 +272,8 @@ def test_state_is_constant_and_has_no_task_data(all_on):
 def test_mid_task_resume_keeps_the_trajectory_and_grad_norms(results):
     """Killed after epoch 1 of task 1 (3 epochs, K = 3 ⇒ snapshots after epochs 0 and 1): the resumed run ends with
     the same accuracies, coefficients and first-steps gradient norms as an uninterrupted one."""
-    from harness.run import execute
     from harness.store import run_dir
+    from harness.train.run import execute
     import json
 
     import methods.trm as trm

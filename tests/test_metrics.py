@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from harness import metrics
+from harness.math import metrics
 
 # Hand-worked 3-task accuracy matrix (rows: after task t; columns: task j ≤ t) and test-set sizes.
 R = [

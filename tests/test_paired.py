@@ -1,4 +1,4 @@
-"""Paired statistics (harness/paired.py) on hand-made differences, against closed forms; the report's pairing."""
+"""Paired statistics (harness/report/paired.py) on hand-made differences, against closed forms; the report's pairing."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import paired_table
-from harness.paired import bootstrap_interval, compare, sign_test, t_interval
+from harness.report.compare import paired_table
+from harness.report.paired import bootstrap_interval, compare, sign_test, t_interval
 
 
 def test_t_interval_df1_matches_the_cauchy_closed_form():

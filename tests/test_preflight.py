@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness import plan, preflight
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.leaderboard import resolve_table, table_cells
-from harness.prepare import prepare
-from harness.spec import load_spec
+from harness.core.errors import ConfigError
+from harness.data.prepare import prepare
+from harness.data.spec import load_spec
+from harness.dispatch import plan
+from harness.dispatch import preflight
+from harness.report.leaderboard import resolve_table, table_cells
+from harness.resolve import resolve
 from tests import imagegen as gen
 
 
@@ -59,7 +60,7 @@ def test_prepared_benchmark_and_weights_file_make_cells_ready(empty, tmp_path):
 
 
 def test_plan_lists_states_inputs_and_rows_that_cannot_run(empty):
-    from harness.io import atomic_write_json
+    from harness.core.io import atomic_write_json
     from harness.store import run_dir
 
     resolved = resolve_table("pm-merging", 1)
@@ -86,11 +87,11 @@ def test_negative_seeds_are_refused_up_front():
 
 
 def test_cli_refuses_with_one_message_and_skip_unready_runs_the_rest(empty, capsys, monkeypatch):
-    import harness.dispatch
+    import harness.dispatch.executors
     from harness.cli import main
 
     submitted = []
-    monkeypatch.setattr(harness.dispatch, "dispatch", lambda cells, **kw: submitted.extend(cells) or [])
+    monkeypatch.setattr(harness.dispatch.executors, "dispatch", lambda cells, **kw: submitted.extend(cells) or [])
 
     assert main(["reproduce", "pm-merging", "--seeds", "1"]) == 2
     out, err = capsys.readouterr()

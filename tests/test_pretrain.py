@@ -2,8 +2,8 @@
 
 import torch
 
-from harness import pretrain
-from harness.backbone import PRESETS
+from harness.model import pretrain
+from harness.model.backbone import PRESETS
 
 
 def test_pretrained_backbone_is_cached(tmp_path, monkeypatch):

@@ -14,14 +14,16 @@ import pytest
 import submitit
 import torch
 
-from harness.config import ExecConfig, resolve
-from harness.dispatch import CellsJob, dispatch
-from harness.registry import get_method
-from harness.run import execute
-from harness.store import is_complete, run_dir
-from harness.trainer import build, run_tasks
+from harness.config import ExecConfig
+from harness.dispatch.executors import CellsJob, dispatch
+from harness.method.registry import get_method
+from harness.resolve import resolve
+from harness.store import run_dir
+from harness.train.run import execute
+from harness.train.setup import build
+from harness.train.trainer import run_tasks
 from tests.conftest import FAST
-from tests.fakes import crash_in_task_1
+from tests.fakes import kill_in_task_1
 
 QUIET = ExecConfig(progress=False)
 THREE_EPOCHS = {**FAST, "train.epochs": 3}
@@ -50,15 +52,7 @@ def test_crash_mid_epoch_resumes_exactly(results, monkeypatch, method):
     batch order and the method's own generator — P&M's perturbation sampler — restored) and matches."""
     cfg = resolve("split-digits-2x5", method, seed=4, overrides=THREE_EPOCHS)
     reference = _reference(cfg)
-    cls = get_method(method)
-    original = cls.training_loss
-    crash_in_task_1(monkeypatch, cls, cfg, epochs_done=1)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, QUIET)
-    d = run_dir(cfg)
-    ep = torch.load(d / "checkpoint.epoch.pt", weights_only=False)
-    assert (ep["task"], ep["epochs_done"]) == (1, 1) and not is_complete(d)
-    monkeypatch.setattr(cls, "training_loss", original)
+    d = kill_in_task_1(monkeypatch, get_method(method), cfg, QUIET)
     assert execute(cfg, QUIET).status == "done"
     _assert_same(json.loads((d / "result.json").read_text()), reference)
     assert "resumed at task 1, epoch 1 of 3" in (d / "events.log").read_text()
@@ -118,3 +112,70 @@ def test_local_dispatch_after_sigkill_resumes_exactly(results):
     assert [o.status for o in again] == ["done"]
     assert "resumed at task" in (d / "events.log").read_text()
     _assert_same(json.loads((d / "result.json").read_text()), _reference(cfg, threads=os.cpu_count()))
+
+
+def test_background_epoch_checkpoints_resume_exactly(results, monkeypatch):
+    """Epoch checkpoints serialised on the writer thread — slowed down here, so that the kill lands while a write is
+    in flight — are complete when the killed run unwinds, and the rerun resumes from them exactly."""
+    import harness.train.checkpoints as checkpoints
+
+    cfg = resolve("split-digits-2x5", "pm", seed=4, overrides=THREE_EPOCHS)
+    reference = _reference(cfg)
+    writers: set[str] = set()
+    real_save = checkpoints.atomic_torch_save
+
+    def slow_save(obj, path):
+        if Path(path).name.endswith(".epoch.pt"):
+            writers.add(threading.current_thread().name)
+            time.sleep(0.2)
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoints, "atomic_torch_save", slow_save)
+    on = ExecConfig(progress=False, background_checkpoints=True)
+    d = kill_in_task_1(monkeypatch, get_method("pm"), cfg, on)
+    execute(cfg, on)
+    assert writers == {"checkpoint-writer"}
+    result = json.loads((d / "result.json").read_text())
+    _assert_same(result, reference)
+    assert result["grad_norms"] == reference.grad_norms
+
+
+def test_host_snapshot_is_a_copy_that_later_updates_cannot_change():
+    from harness.core.io import host_snapshot
+
+    w = torch.arange(4.0)
+    norms = {"all": [1.0]}
+    state = {"w": w, "again": w, "norms": norms, "pair": (w, 3), "step": torch.tensor(2.0)}
+    snap, ready = host_snapshot(state)
+    ready()
+    w.add_(10.0)
+    norms["all"].append(2.0)
+    assert torch.equal(snap["w"], torch.arange(4.0)) and snap["again"] is snap["w"] and snap["pair"][0] is snap["w"]
+    assert snap["norms"] == {"all": [1.0]} and snap["pair"][1] == 3 and snap["step"].item() == 2.0
+
+
+def test_background_writer_runs_one_write_at_a_time_and_reraises_errors():
+    from harness.core.io import BackgroundWriter
+
+    order: list[str] = []
+    writer = BackgroundWriter()
+
+    def slow():
+        time.sleep(0.1)
+        order.append("first")
+
+    writer.submit(slow)
+    writer.submit(lambda: order.append("second"))  # waits for the first
+    writer.wait()
+    assert order == ["first", "second"]
+
+    def failing():
+        raise OSError("disk full")
+
+    writer.submit(failing)
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+    inline = BackgroundWriter(background=False)
+    inline.submit(lambda: order.append(threading.current_thread().name))
+    assert order[-1] == threading.main_thread().name

@@ -9,11 +9,13 @@ import time
 import pytest
 import torch
 
-from harness.config import ExecConfig, resolve
-from harness.errors import TrainingDiverged
-from harness.run import execute
+from harness.config import ExecConfig
+from harness.core.errors import TrainingDiverged
+from harness.resolve import resolve
 from harness.store import is_complete, run_dir
-from harness.trainer import build, run_tasks
+from harness.train.run import execute
+from harness.train.setup import build
+from harness.train.trainer import run_tasks
 from methods.seq_lora import SeqLoRA
 from tests.conftest import FAST
 

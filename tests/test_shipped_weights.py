@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from harness import shipped_weights
-from harness.backbone import PRESETS, create_vit
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.model import shipped_weights
+from harness.model.backbone import PRESETS, create_vit
 
 PRESET = PRESETS["vit-tiny-digits-mnist"]
 
@@ -69,8 +69,8 @@ def test_saving_is_deterministic(tmp_path):
 
 
 def test_preflight_refuses_an_altered_file_before_anything_runs(copied_weights):
-    from harness import preflight
-    from harness.config import resolve
+    from harness.dispatch import preflight
+    from harness.resolve import resolve
 
     cfg = resolve("split-digits", "seq-lora", 0)
     assert preflight.check([cfg]).ok
@@ -81,4 +81,4 @@ def test_preflight_refuses_an_altered_file_before_anything_runs(copied_weights):
     assert not readiness.ok and readiness.unready == [cfg]
     (problem,) = readiness.problems
     assert problem.kind == "backbone weights missing" and f"pins {PRESET.weights_sha256}" in problem.detail
-    assert f"git checkout -- harness/weights/{PRESET.weights_file}" in preflight.message(readiness, "smoke")
+    assert f"git checkout -- harness/model/weights/{PRESET.weights_file}" in preflight.message(readiness, "smoke")

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import slurm, status
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.io import atomic_write_json
-from harness.slurm import JobState, QueueError, load_profile, read_ledger, sbatch_parameters, submit
-from harness.status import cell_statuses, format_statuses
+from harness.core.errors import ConfigError
+from harness.core.io import atomic_write_json
+from harness.dispatch import slurm
+from harness.dispatch import slurm_queue
+from harness.dispatch import status
+from harness.dispatch.slurm import load_profile, sbatch_parameters, submit
+from harness.dispatch.slurm_queue import JobState, QueueError, read_ledger
+from harness.dispatch.status import cell_statuses, format_statuses
+from harness.resolve import resolve
 from harness.store import run_dir
 from tests.conftest import FAST
 
@@ -149,8 +152,8 @@ def test_job_states_reads_squeue_then_sacct(monkeypatch):
             return "12_0|RUNNING|0:40|None\n12_1|PENDING|0:00|Resources\n99|RUNNING|1:00|None\n"
         return "12_2|CANCELLED by 0|00:00:05\n"
 
-    monkeypatch.setattr(slurm, "_slurm", fake)
-    st = slurm.job_states(["12_0", "12_1", "12_2", "12_3"])
+    monkeypatch.setattr(slurm_queue, "_slurm", fake)
+    st = slurm_queue.job_states(["12_0", "12_1", "12_2", "12_3"])
     assert calls == ["squeue", "sacct"]
     assert (st["12_0"].state, st["12_0"].elapsed, st["12_1"].reason) == ("RUNNING", "0:40", "Resources")
     assert st["12_2"].state == "CANCELLED" and not st["12_2"].active

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.errors import ConfigError
-from harness.sources import load_source, stratified_split
-from harness.spec import load_spec
-from harness.stream import build_stream, class_order
+from harness.core.errors import ConfigError
+from harness.data.sources import load_source
+from harness.data.spec import load_spec
+from harness.data.splits import stratified_split
+from harness.data.stream import build_stream, class_order
 
 
 def test_pilot_order_seed_1993():

@@ -6,14 +6,15 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import resolve, run_spec
-from harness.errors import ConfigError
-from harness.grid import expand, load_grid
-from harness.progress import CellProgress
-from harness.selection import select, selected_runs, sweep_table
-from harness.sources import load_source
-from harness.stream import build_stream
-from harness.validation import VALIDATION_FRACTION, hold_out
+from harness.core.errors import ConfigError
+from harness.data.protocol import run_spec
+from harness.data.sources import load_source
+from harness.data.stream import build_stream
+from harness.data.validation import VALIDATION_FRACTION, hold_out
+from harness.dispatch.grid import expand, load_grid
+from harness.dispatch.progress import CellProgress
+from harness.report.selection import select, selected_runs, sweep_table
+from harness.resolve import resolve
 from tests.conftest import FAST
 
 

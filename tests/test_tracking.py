@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-import harness.tracking as tracking
+import harness.train.tracking as tracking
 from harness.cli import main
-from harness.config import ExecConfig, resolve
-from harness.config import run_spec
-from harness.run import execute
-from harness.sources import load_source
-from harness.stream import build_stream
-from harness.validation import VALIDATION_FRACTION
+from harness.config import ExecConfig
+from harness.data.protocol import run_spec
+from harness.data.sources import load_source
+from harness.data.stream import build_stream
+from harness.data.validation import VALIDATION_FRACTION
+from harness.resolve import resolve
+from harness.train.run import execute
 from tests.conftest import FAST
 
 

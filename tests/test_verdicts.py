@@ -1,4 +1,4 @@
-"""The verdict rule (harness/verdicts.py): standard errors, the paper's seed count, tolerance floor, printed Δ."""
+"""The verdict rule (harness/report/verdicts.py): standard errors, the paper's seed count, tolerance floor, printed Δ."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness import verdicts as v
+from harness.report import verdicts as v
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,149 @@
+"""Atomic file writes and file locks: a half-written file is never read as complete."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def host_snapshot(obj: Any) -> tuple[Any, Callable[[], None]]:
+    """A copy of `obj` (nested dicts, lists and tuples of tensors and plain values) that later in-place updates of
+    its tensors cannot change, and a function that waits until the copy is complete. CPU tensors are cloned; device
+    tensors are copied into pinned host memory asynchronously, on the current stream, so they read the values as of
+    this call; the returned wait synchronises with those copies (a CUDA event: the caller's thread never waits)."""
+    import copy
+
+    import torch
+
+    events: list = []
+    copies: dict[int, Any] = {}  # id → copy: a tensor referenced twice stays one tensor, as torch.save keeps it
+
+    def snap(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            if id(o) not in copies:
+                copies[id(o)] = snap_tensor(o.detach())
+            return copies[id(o)]
+        if isinstance(o, dict):
+            return type(o)((k, snap(v)) for k, v in o.items())
+        if isinstance(o, (list, tuple)) and type(o) in (list, tuple):
+            return type(o)(snap(v) for v in o)
+        return copy.deepcopy(o)
+
+    def snap_tensor(t: "torch.Tensor") -> "torch.Tensor":
+        if t.device.type == "cpu":
+            return t.clone()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+        host.copy_(t, non_blocking=t.device.type == "cuda")  # other devices: a blocking copy
+        if t.device.type == "cuda" and not events:
+            events.append(t.device)
+        return host
+
+    out = snap(obj)
+    if not events:
+        return out, lambda: None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(events[0]))
+    return out, event.synchronize
+
+
+class BackgroundWriter:
+    """Runs one write at a time on a background thread: `submit` first waits for the previous write, `wait` joins
+    the one in flight and re-raises its error. A process that dies mid-write leaves at most a temporary file
+    (writes go through `_atomic_write`), never a truncated file under the final name."""
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Start `write()` (on the calling thread when not background), after the previous write has finished."""
+        self.wait()
+        if not self.background:
+            write()
+            return
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # re-raised on the caller's thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the last write's error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def atomic_savefig(fig: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An flock on `path` (created if needed). Yields False at once if non-blocking and held elsewhere."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fh.fileno(), flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""From a benchmark spec to batches: specs and protocols (datasets/*.yaml), sources, splits, `clmerge prepare` and its cache, augmentation, image banks, the task stream, validation hold-outs, prefetching."""

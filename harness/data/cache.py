@@ -1,0 +1,58 @@
+"""Open a prepared benchmark (harness/data/prepare.py) as `SourceData` backed by memory maps: nothing is decoded or
+loaded whole; batches are gathered from the maps by index (harness/data/image_bank.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.core.errors import ConfigError
+from harness.core.paths import cache_dir
+from harness.data.source_data import SourceData
+from harness.data.spec import BenchmarkSpec
+
+
+def prepared_dir(benchmark: str) -> Path:
+    """Where `clmerge prepare` puts a benchmark's cache (complete once its manifest.json exists)."""
+    return cache_dir() / "data" / benchmark
+
+
+def prepare_command(spec: BenchmarkSpec) -> str:
+    hub = f" (default: the Hub dataset {spec.source.hub.id})" if spec.source.hub else ""
+    return f"clmerge prepare {spec.name} --source PATH_OR_HUB_ID{hub}"
+
+
+def open_prepared(spec: BenchmarkSpec) -> SourceData:
+    """The prepared cache of `spec`; a clear error naming the `prepare` command when it is missing or unfinished."""
+    path = prepared_dir(spec.name)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.exists():
+        partial = path.with_name(path.name + ".partial")
+        state = f"; an unfinished prepare is in {partial} (rerun the command to resume it)" if partial.exists() else ""
+        raise ConfigError(f"benchmark {spec.name} is not prepared ({path} has no manifest.json){state}. "
+                          f"Run: {prepare_command(spec)}")
+    manifest = json.loads(manifest_file.read_text())
+    names = manifest["class_names"]
+    if len(names) != spec.num_classes:
+        raise ConfigError(f"{path}: prepared with {len(names)} classes, {spec.name} needs {spec.num_classes}; "
+                          f"prepare it again with --force")
+    arrays = {}
+    for role in ("train", "test"):
+        arrays[role] = (np.load(path / f"{role}_images.npy", mmap_mode="r"), np.load(path / f"{role}_labels.npy"))
+        if len(arrays[role][0]) != manifest[role]["count"] or len(arrays[role][1]) != manifest[role]["count"]:
+            raise ConfigError(f"{path}: {role} arrays do not match the manifest; prepare it again with --force")
+    return SourceData(
+        train_images=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_images=arrays["test"][0],
+        test_labels=arrays["test"][1],
+        class_names=names,
+        split_hash=manifest["split_sha256"],
+    )
+
+
+def is_prepared(benchmark: str) -> bool:
+    """Whether a complete cache exists (its manifest is written last); cheap: the manifest is not parsed."""
+    return (prepared_dir(benchmark) / "manifest.json").exists()

@@ -1,0 +1,152 @@
+"""Dispatch cells through submitit: `local` (one subprocess per job, a bounded number in flight), `debug`
+(in-process, sequential; for stepping through with a debugger); `slurm` (job arrays) is in harness/dispatch/slurm.py.
+
+A job runs one or more cells (`cells_per_job`) and never raises: every cell's outcome, including its error and
+traceback, comes back as data, so one failing cell never hides the others. The job callable, `CellsJob`, is
+submitit-Checkpointable: on the pre-timeout/preemption signal (USR2) submitit calls its `checkpoint()`, which
+resubmits the same call, and the requeued job resumes each unfinished cell from its checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import submitit
+
+from harness.config import ExecConfig, RunConfig
+from harness.core.errors import unknown
+from harness.core.paths import results_dir
+from harness.store import is_complete, run_dir
+
+EXECUTORS = ("local", "debug")
+
+
+@dataclass
+class CellOutcome:
+    run_id: str
+    benchmark: str
+    method: str
+    seed: int
+    status: str  # done | skipped | busy | failed
+    message: str = ""
+    traceback: str = ""
+
+
+def run_cells(cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
+    """The job body: run each cell in turn, returning outcomes as plain dicts (picklable, never raises)."""
+    from harness.train.run import execute
+
+    out = []
+    for data in cells:
+        cfg = RunConfig.from_dict(data)
+        base = dict(run_id=cfg.run_id(), benchmark=cfg.benchmark, method=cfg.method, seed=cfg.seed)
+        try:
+            o = execute(cfg, ExecConfig(**exec_cfg), Path(root))
+            out.append(asdict(CellOutcome(**base, status=o.status, message=o.message)))
+        except Exception as exc:  # noqa: BLE001 - reported per cell
+            out.append(asdict(CellOutcome(**base, status="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())))
+    return out
+
+
+class CellsJob(submitit.helpers.Checkpointable):
+    """The callable submitted to submitit: `run_cells`, Checkpointable so that a signalled job requeues itself.
+
+    Its `checkpoint()` (submitit's default) resubmits the same arguments: progress lives in the cells' checkpoints
+    on disk, not in this object, which is also why a requeue without `checkpoint()` (scontrol requeue, preemption,
+    node failure) resumes just the same."""
+
+    def __call__(self, cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
+        out = run_cells(cells, exec_cfg, root)
+        for o in out:  # one line per cell in the job's log, where `clmerge status` shows it from
+            msg = f": {o['message']}" if o["message"] else ""
+            print(f"[{o['status']}] {o['benchmark']} × {o['method']} × seed {o['seed']} (run {o['run_id']}){msg}", flush=True)
+            if o["traceback"]:
+                print(o["traceback"], file=sys.stderr, flush=True)
+        return out
+
+
+def pending(cells: list[RunConfig], root: Path | None = None) -> list[RunConfig]:
+    """Cells without a finished result."""
+    return [c for c in cells if not is_complete(run_dir(c, root))]
+
+
+def dispatch(
+    cells: list[RunConfig],
+    executor: str = "local",
+    root: Path | None = None,
+    max_parallel: int | None = None,
+    cells_per_job: int = 1,  # >1 amortises process start-up (imports) over several small cells
+    exec_cfg: ExecConfig | None = None,
+    log: Callable[[str], None] = print,
+    track: str | None = None,  # experiment tracking backend for every cell (harness/train/tracking.py)
+) -> list[CellOutcome]:
+    """Run the unfinished `cells`; finished ones are skipped. Returns one outcome per cell."""
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    root = Path(root or results_dir())
+    todo = pending(cells, root)
+    skipped = [
+        CellOutcome(c.run_id(), c.benchmark, c.method, c.seed, "skipped", "already finished") for c in cells if c not in todo
+    ]
+    if skipped:
+        log(f"{len(skipped)} of {len(cells)} cells already finished: skipped")
+    if not todo:
+        return skipped
+    cpus = os.cpu_count() or 1
+    max_parallel = max(1, max_parallel or cpus) if executor == "local" else 1
+    exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False, log=track)
+    # Round-robin packing: each job gets a mix of methods, so slow methods do not pile up in one job.
+    n_jobs = -(-len(todo) // max(1, cells_per_job))
+    chunks = [todo[i::n_jobs] for i in range(n_jobs)]
+    folder = root / "jobs" / "%j"
+    ex = submitit.LocalExecutor(folder=folder) if executor == "local" else submitit.DebugExecutor(folder=folder)
+    if executor == "local":
+        ex.update_parameters(timeout_min=7 * 24 * 60)
+    log(f"dispatching {len(todo)} cells as {len(chunks)} {executor} jobs ({max_parallel} at a time)")
+
+    from harness.dispatch.progress import CellProgress
+
+    bar = CellProgress(len(todo), enabled=executor == "local")
+    log = bar.printer(log)
+    outcomes: list[CellOutcome] = []
+    queue = list(chunks)
+    running: list[tuple[object, list[RunConfig]]] = []
+
+    def collect(job, chunk: list[RunConfig]) -> None:
+        try:
+            results = [CellOutcome(**r) for r in job.result()]
+        except Exception as exc:  # the job itself died (killed, out of memory…)
+            results = [
+                CellOutcome(c.run_id(), c.benchmark, c.method, c.seed, "failed", f"job {job.job_id} died: {exc}")
+                for c in chunk
+            ]
+        for r in results:
+            log(f"  [{r.status}] {r.benchmark} × {r.method} × seed {r.seed}" + (f": {r.message}" if r.status == "failed" else ""))
+        outcomes.extend(results)
+        bar.finished([r.status for r in results])
+
+    args = lambda chunk: ([c.to_dict() for c in chunk], asdict(exec_cfg), str(root))  # noqa: E731
+    while queue or running:
+        while queue and len(running) < max_parallel:
+            chunk = queue.pop(0)
+            running.append((ex.submit(CellsJob(), *args(chunk)), chunk))
+            if executor == "debug":  # DebugExecutor runs the job when its result is asked for
+                collect(*running.pop())
+        still = []
+        for job, chunk in running:
+            if job.done():
+                collect(job, chunk)
+            else:
+                still.append((job, chunk))
+        running = still
+        bar.running_now(sum(len(chunk) for _, chunk in running))
+        if running:
+            time.sleep(0.5)
+    bar.close()
+    return skipped + outcomes
