@@ -179,3 +179,42 @@ def test_background_writer_runs_one_write_at_a_time_and_reraises_errors():
     inline = BackgroundWriter(background=False)
     inline.submit(lambda: order.append(threading.current_thread().name))
     assert order[-1] == threading.main_thread().name
+
+
+def test_background_writer_survives_a_signal_inside_start_and_keeps_the_unwinding_exception(monkeypatch):
+    """submitit's USR2 handler raises SystemExit wherever the main thread is, also inside Thread.start(): the writer's
+    exit must not replace it with "cannot join thread before it is started" (a requeue then became a failed cell),
+    must still join a write that did begin, and attaches a failed write to the unwinding exception as a note."""
+    from harness.core.io import BackgroundWriter
+
+    original_start = threading.Thread.start
+    wrote: list[str] = []
+
+    def interrupted_before_spawn(self):
+        raise SystemExit(144)
+
+    def interrupted_after_spawn(self):
+        original_start(self)
+        raise SystemExit(144)
+
+    for start, expected in [(interrupted_before_spawn, []), (interrupted_after_spawn, ["written"])]:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with pytest.raises(SystemExit) as info:
+            with BackgroundWriter() as writer:
+                writer.submit(lambda: (time.sleep(0.05), wrote.append("written")))
+        monkeypatch.setattr(threading.Thread, "start", original_start)
+        assert info.value.code == 144 and wrote == expected  # the write that began was joined before the exit
+        assert not getattr(info.value, "__notes__", None)  # and nothing went wrong on the way out
+        wrote.clear()
+
+    def failing():
+        raise OSError("disk full")
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        with BackgroundWriter() as writer:
+            writer.submit(failing)
+            raise KeyboardInterrupt
+    assert "background checkpoint write failed: OSError('disk full')" in "".join(info.value.__notes__)
+    with pytest.raises(OSError, match="disk full"):  # no exception unwinding: the write's error is raised
+        with BackgroundWriter() as writer:
+            writer.submit(failing)

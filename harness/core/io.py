@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -89,12 +90,31 @@ def host_snapshot(obj: Any) -> tuple[Any, Callable[[], None]]:
 class BackgroundWriter:
     """Runs one write at a time on a background thread: `submit` first waits for the previous write, `wait` joins
     the one in flight and re-raises its error. A process that dies mid-write leaves at most a temporary file
-    (writes go through `_atomic_write`), never a truncated file under the final name."""
+    (writes go through `_atomic_write`), never a truncated file under the final name.
+
+    Used as a context manager, its exit joins the write in flight; when the block unwinds from an exception (e.g.
+    submitit's requeue `SystemExit` raised by a USR2 handler), that exception propagates and a write error is attached
+    to it as a note instead of replacing it."""
+
+    # how long `wait` gives a thread whose start() a signal handler interrupted to report that it has begun
+    START_GRACE_SECONDS = 1.0
 
     def __init__(self, background: bool = True):
         self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.wait()
+            return
+        try:
+            self.wait()
+        except BaseException as write_error:  # keep the exception that is unwinding
+            exc.add_note(f"also, a background checkpoint write failed: {write_error!r}")
 
     def submit(self, write: Callable[[], None]) -> None:
         """Start `write()` (on the calling thread when not background), after the previous write has finished."""
@@ -109,17 +129,33 @@ class BackgroundWriter:
             except BaseException as exc:  # re-raised on the caller's thread by wait()
                 self._error = exc
 
+        # published before start(), so that a signal handler raising inside start() cannot hide a running write
         self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=True)
         self._thread.start()
 
     def wait(self) -> None:
         """Block until no write is in flight; raise the last write's error, if any."""
+        # cleared only once joined: a signal that interrupts the join leaves the thread to the next wait
         if self._thread is not None:
-            self._thread.join()
+            _join_started(self._thread, self.START_GRACE_SECONDS)
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _join_started(thread: threading.Thread, grace: float) -> None:
+    """Join `thread`. If its start() was interrupted (a signal handler raised in it), the thread either never ran or
+    is about to report that it has begun: wait up to `grace` seconds for the latter, then join it."""
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            thread.join()
+            return
+        except RuntimeError:  # "cannot join thread before it is started"
+            if time.monotonic() > deadline:
+                return  # never started: no write is in flight
+            time.sleep(0.005)
 
 
 def atomic_savefig(fig: Any, path: Path, dpi: int) -> None:

@@ -19,7 +19,6 @@ research/merging-methods.md §1.2) and whether a method cures it. Not part of th
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -221,9 +220,7 @@ def run_tasks(
     )
     # epoch checkpoints written on a background thread (ExecConfig.background_checkpoints); every write is waited
     # for before the task checkpoint supersedes it and before this function returns or raises
-    writer = BackgroundWriter(exec_cfg.background_checkpoints)
-    with bar, contextlib.ExitStack() as stack:
-        stack.callback(writer.wait)
+    with bar, BackgroundWriter(exec_cfg.background_checkpoints) as writer:
         for task in s.stream.tasks[state.tasks_done :]:
             if stop_after is not None and state.tasks_done >= stop_after:
                 break
