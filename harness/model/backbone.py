@@ -13,6 +13,7 @@ random draws, and its scale is a 0-dim tensor, so a compiled forward (harness/tr
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -256,6 +257,7 @@ class CLModel(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
 
         self.cfg = cfg.resolved()
         preset = PRESETS[self.cfg.preset]
@@ -271,7 +273,10 @@ class CLModel(nn.Module):
         self.vit.delete_adapter("base")
         self.heads = TaskHeads(self.embed_dim)
         self._base_scaling = self.cfg.lora_alpha / self.cfg.lora_rank
-        self._lora_layers: dict[str, nn.Module] | None = None  # cache of lora_layers(); reset when adapters change
+        # the adapted layers are fixed once peft has wrapped the targets: adding or dropping adapters only fills or
+        # frees slots inside them (the aliases below rely on that), so they are listed once
+        prefix = "base_model.model."
+        self._lora_layers = {n[len(prefix) :]: m for n, m in self.vit.named_modules() if isinstance(m, LoraLayer)}
         self._slots: dict[str, str] = {}  # live adapters: logical name -> slot, in the order they were added
         self._free: list[str] = []  # slots whose adapter was dropped: inactive, re-initialised on reuse
         self._scales: dict[tuple[float, torch.device], torch.Tensor] = {}  # 0-dim LoRA scales, made once per value
@@ -317,13 +322,8 @@ class CLModel(nn.Module):
 
     # ---- adapted weights ------------------------------------------------------------------------------------
     def lora_layers(self) -> dict[str, nn.Module]:
-        """Adapted Linear layers by stable name (e.g. 'blocks.3.attn.qkv.v'). Cached (methods call it every step): the
-        set of layers is fixed when peft wraps the targets; the cache is rebuilt after any adapter is added or dropped."""
-        if self._lora_layers is None:
-            from peft.tuners.lora import LoraLayer
-
-            prefix = "base_model.model."
-            self._lora_layers = {n[len(prefix) :]: m for n, m in self.vit.named_modules() if isinstance(m, LoraLayer)}
+        """Adapted Linear layers by stable name (e.g. 'blocks.3.attn.qkv.v'), listed once at construction (methods
+        call this every step): the set of layers is fixed when peft wraps the targets."""
         return dict(self._lora_layers)
 
     def merged_weights(self) -> dict[str, torch.Tensor]:
@@ -336,7 +336,7 @@ class CLModel(nn.Module):
 
     def _scale(self, value: float) -> torch.Tensor:
         """The 0-dim fp32 LoRA scale `value` on the model's device, made once per value and never written again."""
-        key = (value, next(iter(self.merged_weights().values())).device)
+        key = (value, next(iter(self._lora_layers.values())).get_base_layer().weight.device)
         if key not in self._scales:
             self._scales[key] = torch.full((), value, dtype=torch.float32, device=key[1])
         return self._scales[key]
@@ -356,7 +356,6 @@ class CLModel(nn.Module):
         self._slots[name] = slot
         for m in self.lora_layers().values():
             m.scaling[slot] = self._scale(self._base_scaling)
-        self._lora_layers = None
         self.vit.set_adapter(slot)
         return self.adapter_parameters(name)
 
@@ -366,8 +365,6 @@ class CLModel(nn.Module):
         order) peft builds nn.Linear(in, r) and nn.Linear(r, out) (each constructor draws its weight with
         kaiming_uniform(a=√5)), then redraws A with kaiming_uniform(a=√5) and zeroes B. The draws happen on the CPU, as
         peft's constructors do, then are copied to the slot's device."""
-        import math
-
         with seeded(seed):
             for m in self.lora_layers().values():
                 a, b = m.lora_A[slot].weight, m.lora_B[slot].weight
@@ -419,7 +416,6 @@ class CLModel(nn.Module):
             active = [self._slots[sorted(self._slots)[0]]]
         for m in layers:
             m.set_adapter(active)
-        self._lora_layers = None
 
     def pop_adapter(self, name: str) -> dict[str, torch.Tensor]:
         """Drop adapter `name` without touching the merged weights; return its ΔW (for methods that merge themselves)."""
