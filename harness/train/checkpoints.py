@@ -67,9 +67,7 @@ def save_epoch_checkpoint(
 def load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
     """Restore model and method state from an epoch checkpoint of `task` (its generators: `restore_rngs`); None if it
     is for another task."""
-    ckpt = torch.load(path, map_location=s.device, weights_only=False)
-    if ckpt["run_id"] != s.cfg.run_id():
-        raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    ckpt = _load_own(path, s)
     if ckpt["task"] != task.index:  # stale: written before the task checkpoint that superseded it
         return None
     s.model.load_trainable_state(ckpt["model"])
@@ -97,9 +95,15 @@ def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:
 
 
 def load_checkpoint(path: Path, s: Setup) -> RunState:
-    ckpt = torch.load(path, map_location=s.device, weights_only=False)
-    if ckpt["run_id"] != s.cfg.run_id():
-        raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    ckpt = _load_own(path, s)
     s.model.load_trainable_state(ckpt["model"])
     s.method.load_state_dict(ckpt["method"])
     return RunState(**ckpt["state"])
+
+
+def _load_own(path: Path, s: Setup) -> dict:
+    """A checkpoint of this run (its run_id checked), loaded onto the run's device."""
+    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    if ckpt["run_id"] != s.cfg.run_id():
+        raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    return ckpt
