@@ -66,7 +66,6 @@ class Setup:
     val_record: dict | None = None  # fraction, seed, sizes and hash of the validation split
     tracker: Tracker = NULL_TRACKER  # optional experiment logging (harness/train/tracking.py); never changes results
     prefetch: bool = False  # gather/augment the next batch on a background thread (harness/data/prefetch.py)
-    compile: bool = False  # training forward compiled once per run (harness/train/compile.py)
 
 
 def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
@@ -87,8 +86,8 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
                           cache_eval_view=True)
     method.ctx.train_bank = train_bank  # for hooks that pass over the task's data before training (InfLoRA)
     prefetch = use_prefetch(exec_cfg.prefetch, device)
-    compile_on = compiling.use_compile(exec_cfg.compile, device)
-    if compile_on:  # once per run: the same model (and its fixed adapter slots) serves every task
+    # compiled once per run: the same model (and its fixed adapter slots) serves every task
+    if compiling.use_compile(exec_cfg.compile, device):
         model.compile_features(compiling.BACKEND)
     return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank, val_stream, val_record,
-                 prefetch=prefetch, compile=compile_on)
+                 prefetch=prefetch)
