@@ -54,7 +54,7 @@ from harness.resolve import resolve  # noqa: E402
 from harness.train import compile as compiling  # noqa: E402
 from harness.train.checkpoints import save_epoch_checkpoint  # noqa: E402
 from harness.train.setup import Setup, pick_device  # noqa: E402
-from harness.train.trainer import EpochWatch, evaluate, make_scheduler, run_epoch  # noqa: E402
+from harness.train.trainer import EpochWatch, evaluate, make_optimizer, make_scheduler, run_epoch  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first matching name wins.
 BF16_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
@@ -117,7 +117,7 @@ def measure(method: str, args, device: torch.device) -> dict:
     s = setup(method, args, device)
     task = s.stream.tasks[0]
     s.method.begin_task(s.model, task)
-    opt = torch.optim.AdamW(s.method.parameter_groups(s.model, task), weight_decay=s.cfg.train.weight_decay)
+    opt = make_optimizer(s.method, s.model, task, s.cfg.train)  # the trainer's optimiser
     heads = {id(p) for p in s.model.heads.parameters()}
     bs = s.cfg.train.batch_size
     batches = endless(s, task.train_indices, bs)
