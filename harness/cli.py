@@ -331,7 +331,7 @@ def cmd_stream(args) -> int:
     from harness.data.cache import is_prepared
     from harness.data.protocol import run_spec
     from harness.data.sources import load_source
-    from harness.data.stream import build_stream
+    from harness.data.stream import build_stream, stream_of
     from harness.resolve import resolve
 
     overrides = {"protocol": args.protocol} if args.protocol else {}
@@ -341,7 +341,7 @@ def cmd_stream(args) -> int:
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]
-        stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+        stream = stream_of(spec, cfg.order_seed, data)
     else:
         names = sorted(spec.source.class_names) if spec.source.class_names else [str(c) for c in range(spec.num_classes)]
         split = "not prepared"
@@ -354,7 +354,8 @@ def cmd_stream(args) -> int:
     for t in stream.tasks:
         shown = ", ".join(f"{c}:{names[c]}" if names[c] != str(c) else str(c) for c in t.classes)
         counts = f"{len(t.train_indices)} train / {len(t.test_indices)} test — " if prepared else ""
-        print(f"task {t.index}: {counts}classes {shown}")
+        print(f"task {t.index}: {counts}domain {t.domain}, all {t.num_classes} classes" if t.domain is not None
+              else f"task {t.index}: {counts}classes {shown}")
     if not prepared:
         from harness.data.cache import prepare_command
 
