@@ -134,6 +134,7 @@ def run_metrics(state, n: list[int], class_il: bool) -> dict:
     (it would equal the accuracy itself); `task_aware_a_last` is NaN there and reports show it as missing."""
     import math
 
+    from harness.math import metrics
 
     if class_il:
         return metrics.summarize(state.acc, n, state.task_aware)
