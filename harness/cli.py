@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -92,8 +93,10 @@ def cmd_run(args) -> int:
         from harness.core.io import read_json
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
+        ta = m.get("task_aware_a_last", math.nan)  # NaN in domain-il: one head, no task-aware accuracy
         print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
-              f"task-aware A_last {100 * m['task_aware_a_last']:.2f}  (accuracy after each task: "
+              + (f"task-aware A_last {100 * ta:.2f}" if ta == ta else "task-aware: none (domain-il)")
+              + "  (accuracy after each task: "
               + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")
     return 0 if outcome.status in ("done", "skipped") else 1
 
