@@ -4,6 +4,10 @@
 
     python benchmarks/power_table.py --reference smoke
     python benchmarks/power_table.py --results /tmp/rd --grid rotated-digits
+    python benchmarks/power_table.py --results /tmp/rd --grid rotated-digits --per-task
+
+`--per-task` prints instead, per method, the mean over seeds of each task's accuracy right after it was learnt
+(R[j][j]) and after the last task (R[T][j]), and of the merge coefficient α_t where the method records one.
 
 Per method: mean paired difference to the reference with its 95 % t interval, the paired sd σ_d, and the seeds
 needed (harness/math/power.py) for a 95 % interval to exclude zero with 80 % power when the true difference is 1 pp or
@@ -30,8 +34,28 @@ def cells_from_grid(grid: str, results: Path) -> list[dict]:
     for c in expand(load_grid(grid)):
         r = load_result(c, results)
         if r is not None:
-            out.append({"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "a_last": r["metrics"]["a_last"]})
+            out.append({"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "a_last": r["metrics"]["a_last"],
+                        "acc_matrix": r["acc_matrix"], "records": r.get("method_records", [])})
     return out
+
+
+def per_task(cells: list[dict]) -> list[str]:
+    """Mean over seeds of R[j][j], R[T][j] (in %) and α_t per benchmark × method."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for c in cells:
+        groups[(c["benchmark"], c["method"])].append(c)
+    lines = []
+    for (bench, method), cs in groups.items():
+        diag = np.mean([[R[j][j] for j in range(len(R))] for R in (c["acc_matrix"] for c in cs)], 0) * 100
+        final = np.mean([c["acc_matrix"][-1] for c in cs], 0) * 100
+        lines.append(f"{bench} {method} (n={len(cs)}): just learnt {np.round(diag, 1).tolist()}  "
+                     f"after the last task {np.round(final, 1).tolist()}")
+        alphas = [[rec.get("alpha") for rec in c["records"]] for c in cs]
+        if all(a is not None for row in alphas for a in row) and alphas and alphas[0]:
+            lines.append(f"  alpha per task {np.round(np.mean(alphas, 0), 3).tolist()}")
+    return lines
 
 
 def cells_from_reference(name: str) -> list[dict]:
@@ -76,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", action="append", default=[], help="stored grid reference name (results/reference/grids)")
     p.add_argument("--results", type=Path, default=None, help="results directory of the grids (default: ./results)")
     p.add_argument("--against", default="seq-lora")
+    p.add_argument("--per-task", action="store_true", help="per-task accuracy just learnt / at the end, and α (grids)")
     args = p.parse_args(argv)
     cells = [c for g in args.grid for c in cells_from_grid(g, args.results)]
+    if args.per_task:
+        print("\n".join(per_task(cells)))
+        return 0
     cells += [c for r in args.reference for c in cells_from_reference(r)]
     print("\n".join(table(cells, args.against)))
     return 0
