@@ -24,3 +24,15 @@ def cuda_switch(setting: str, device: torch.device, what: str) -> bool:
     if setting not in SWITCH_CHOICES:
         raise ConfigError(f"{what}: expected auto, on or off, got {setting!r}")
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def tensors_to(tree: object, device: torch.device) -> object:
+    """`tree` (nested dicts, lists and tuples) with every tensor moved to `device`; other values as they are. Used on
+    what a checkpoint loaded on the CPU holds for the device (model and method state)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return type(tree)((k, tensors_to(v, device)) for k, v in tree.items())
+    if isinstance(tree, (list, tuple)) and type(tree) in (list, tuple):
+        return type(tree)(tensors_to(v, device) for v in tree)
+    return tree

@@ -191,12 +191,21 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
 
 
 class TaskHeads(nn.Module):
-    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id)."""
+    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id).
+
+    A head is added after the model was moved to its device: it is drawn on the CPU (the seeded init gives the same
+    numbers on every device) and then moved to the device of `_device_anchor`, an empty non-persistent buffer that
+    follows the model's `.to(device)`."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
         self.heads = nn.ModuleList()
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
 
     @property
     def num_classes(self) -> int:
@@ -207,6 +216,7 @@ class TaskHeads(nn.Module):
             h.requires_grad_(False)
         with seeded(seed):
             head = nn.Linear(self.dim, num_classes)
+        head = head.to(self.device)
         self.heads.append(head)
         return head
 
