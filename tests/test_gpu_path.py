@@ -163,22 +163,44 @@ def test_step_loop_never_synchronises(results, monkeypatch, method):
     assert events == [], f"{method}: the step loop synchronises: {sorted(set(events))}"
 
 
-def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
-    """benchmarks/gpu_throughput.py --device cpu --tiny: the script cannot rot (its GPU run is the same code)."""
+def _gpu_throughput():
     import importlib.util
-    import math
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
     spec = importlib.util.spec_from_file_location("gpu_throughput", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "0", "--images", "200"])
+    return bench
+
+
+def test_gpu_throughput_benchmark_runs_tiny_on_cpu():
+    """benchmarks/gpu_throughput.py --device cpu --tiny: the script cannot rot (its GPU run is the same code). Task 0
+    holds 20 images (200 images over 200 classes, 20 classes a task) in batches of 16: after the one warm-up step
+    (16 images) the 2 timed steps take a batch of 4 and one of 16 — img/s counts those 20, not 2 × 16."""
+    import math
+
+    out = _gpu_throughput().main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "0", "--images", "200",
+                                  "--repeats", "2"])
     for method in ("seq-lora", "pm"):
         r = out[method]
-        assert r["flops"] > 0 and r["img_s"] > 0 and math.isnan(r["mfu"])  # no CPU peak: MFU is n/a, not invented
+        assert r["images"] == 20 and r["steps"] == 2
+        assert r["img_s"] == pytest.approx(r["images"] / (r["step_s"] * r["steps"]))
+        assert r["flops_per_image"] > 0 and r["flops"] == pytest.approx(16 * r["flops_per_image"])
+        assert math.isnan(r["mfu"])  # no CPU peak: MFU is n/a, not invented
+        assert r["compile_s"] >= 0 and r["host_syncs"] == 0 and len(r["repeats"]) == 2
         assert r["end_task_s"] > 0 and r["ckpt_s"] > 0 and math.isfinite(r["full_s"]) and r["full_s"] > 0
-    assert out["pm_over_seq_lora"] == pytest.approx(out["pm"]["full_s"] / out["seq-lora"]["full_s"])
+    ratios = [p["full_s"] / q["full_s"] for p, q in zip(out["pm"]["repeats"], out["seq-lora"]["repeats"])]
+    assert out["pm_over_seq_lora_runs"] == pytest.approx(ratios)
+    assert min(ratios) <= out["pm_over_seq_lora"] <= max(ratios)
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None),
+])
+def test_gpu_peak_is_read_from_the_device_name(name, tflops):
+    assert _gpu_throughput().peak_for_name(name) == tflops
 
 
 def test_prefetcher_yields_the_same_batches_and_stops_cleanly():
