@@ -3,6 +3,7 @@ device, and the data/compile options give the same numbers as the plain loop."""
 
 from __future__ import annotations
 
+import os
 import traceback
 
 import pytest
@@ -398,3 +399,32 @@ def test_eval_cache_budget():
 
     cpu = torch.device("cpu")
     assert eval_cache_fits(EVAL_CACHE_CPU_BYTES, cpu) and not eval_cache_fits(EVAL_CACHE_CPU_BYTES + 1, cpu)
+
+
+def test_a_gpu_torch_cannot_use_stops_the_run_instead_of_training_on_the_cpu(monkeypatch, tmp_path):
+    """`device: auto` on a node whose GPU torch cannot use (driver older than torch's CUDA build) is a ConfigError
+    naming the GPU, its driver, torch's CUDA version and the way out; `device: cpu` still runs on the CPU; without a
+    visible GPU, auto is the CPU. The GPU is read from nvidia-smi (a stand-in script here)."""
+    from harness.core import devices
+    from harness.core.errors import ConfigError
+    from harness.train.setup import pick_device
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 525.60.13'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert devices.visible_nvidia_gpu() == "NVIDIA H100 80GB HBM3 (driver 525.60.13)"
+    for name in ("auto", "cuda"):
+        with pytest.raises(ConfigError) as err:
+            pick_device(name)
+        msg = str(err.value)
+        assert "NVIDIA H100 80GB HBM3 (driver 525.60.13)" in msg and "CUDA 13.0" in msg and "--device cpu" in msg, msg
+    assert pick_device("cpu") == torch.device("cpu")
+    import harness.train.setup as setup
+
+    monkeypatch.setattr(setup, "visible_nvidia_gpu", lambda: None)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no GPU is visible"):
+        pick_device("cuda")
