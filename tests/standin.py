@@ -10,7 +10,9 @@ device (`torch.zeros(..., device=d)`, `t.to(d)`, `module.to(d)`) produce stand-i
 
 What it cannot see: how values are read (`.item()` and `.tolist()` return real numbers here; the sync test,
 tests/test_gpu_path.py, covers host reads), anything compiled (torch.compile is not traced through the subclass),
-CUDA streams/events/pinned memory (the prefetch thread runs outside the mode), and bf16 autocast (CUDA only).
+CUDA streams and events, and bf16 autocast (CUDA only). Pinned host memory is emulated (a flag on the tensor). The
+dispatch modes are per thread: a thread that touches device tensors (the prefetch thread) enters `StandInDevice`
+itself (`patch_generator=False`: `torch.Generator` is process-wide and patched once).
 Checkpoints pickle the CPU values: a checkpoint written by a stand-in run loads as CPU tensors, as a CUDA one loaded
 with map_location="cpu" does.
 """
@@ -49,12 +51,6 @@ class StandInTensor(torch.Tensor):
 
     def __reduce_ex__(self, protocol):  # torch.save: the values, as a CUDA tensor is saved with its values
         return self.elem.detach().__reduce_ex__(protocol)
-
-    def tolist(self):  # a CUDA tensor's tolist copies to the host and reads: here, the values
-        return self.elem.tolist()
-
-    def numpy(self, *args, **kwargs):
-        raise TypeError("can't convert a device tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
@@ -116,8 +112,9 @@ class _Dispatch(TorchDispatchMode):
 
 
 class _FromData(TorchFunctionMode):
-    """Checks draws with a CPU generator into device tensors. And `torch.tensor(data, device=d)`, which builds on the
-    CPU and copies below the dispatcher's Python layer: built on the CPU here, then moved through the dispatcher."""
+    """Checks draws with a CPU generator into device tensors. Builds `torch.tensor(data, device=d)` on the CPU, then
+    moves it through the dispatcher (torch copies it below the dispatcher's Python layer). Reads device tensors with
+    `.tolist()`, refuses `.numpy()` on them as CUDA does, and emulates pinned host memory (`pin_memory`/`is_pinned`)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -131,6 +128,16 @@ class _FromData(TorchFunctionMode):
                                  "'cuda' device type for generator)")
         if func in (torch.tensor, torch.as_tensor, torch.Tensor.new_tensor) and _is_standin_device(kwargs.get("device")):
             return func(*args, **dict(kwargs, device="cpu")).to(STANDIN)
+        if func is torch.Tensor.tolist and isinstance(args[0], StandInTensor):  # CUDA: a copy to the host, then read
+            return args[0].elem.tolist()
+        if func is torch.Tensor.numpy and isinstance(args[0], StandInTensor):
+            raise TypeError("can't convert a device tensor to numpy: use Tensor.cpu() to copy it to host memory first")
+        if func is torch.Tensor.pin_memory:  # page-locked host memory, emulated: a copy that says it is pinned
+            pinned = args[0].clone()
+            pinned._standin_pinned = True
+            return pinned
+        if func is torch.Tensor.is_pinned:
+            return getattr(args[0], "_standin_pinned", False)
         return func(*args, **kwargs)
 
 
@@ -157,10 +164,14 @@ class StandInDevice:
     """While active: factories and copies that name the stand-in device make stand-in tensors, and
     `torch.Generator(device=<stand-in>)` a StandInGenerator."""
 
+    def __init__(self, patch_generator: bool = True):
+        self.patch_generator = patch_generator
+
     def __enter__(self):
         self._modes = (_FromData(), _Dispatch())
         self._generator = torch.Generator
-        torch.Generator = StandInGenerator
+        if self.patch_generator:
+            torch.Generator = StandInGenerator
         for m in self._modes:
             m.__enter__()
         return self

@@ -3,6 +3,7 @@ device, and the data/compile options give the same numbers as the plain loop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 
@@ -53,54 +54,83 @@ def test_epoch_checkpoint_rng_states_restore_from_any_map_location(results, monk
 
 class SyncCounter:
     """Counts, while active, what would make the host wait for a GPU: scalar reads of tensors (`.item()`, `float()`,
-    `int()`, `bool()` → aten._local_scalar_dense, which fires on CPU too), data-dependent shapes (nonzero), copies
-    that change device, boolean-mask indexing, `.to(device)`/`.cuda()`/`.copy_` that name a device without non_blocking=True, and tensors
-    built from Python data with a device (`torch.tensor(..., device=...)`: a blocking host→device copy on CUDA). On
-    CPU nothing changes device, so the last two are caught by how the call is written, not by what it does."""
+    `int()`, `bool()` → aten._local_scalar_dense, which fires on CPU too), `.tolist()` and `.numpy()`, ops whose output
+    size depends on the data (nonzero, boolean-mask indexing, masked_select, unique, repeat_interleave without
+    output_size, bincount), copies that change device (`.cpu()`), `.to(device)`/`.cuda()`/`.copy_` that name a device
+    without non_blocking=True, non_blocking copies from pageable (unpinned) host memory to a device (synchronous on
+    CUDA), and tensors built from Python data with a device (`torch.tensor(..., device=...)`).
 
-    SCALAR_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item")
+    `device_only=False` (plain CPU tensors): every such read counts, except inside torch/optim (AdamW's step counters
+    are host tensors by design). `device_only=True` (with the stand-in device, tests/standin.py): reads count when the
+    tensor is on the device; the same reads of host tensors (a CPU generator's draws, AdamW's host step counters) are
+    free on CUDA too, so they do not count, and nothing is exempt by where it is called from."""
 
-    def __init__(self):
+    SCALAR_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item", "aten._unique",
+                  "aten.unique", "aten.bincount")
+
+    def __init__(self, device_only: bool = False):
         from torch.overrides import TorchFunctionMode
         from torch.utils._python_dispatch import TorchDispatchMode
 
         self.events: list[str] = []
         counter = self
 
-        def event(what: str) -> None:
-            # torch.optim keeps Adam's step counts on the host by design (non-capturable): reading them is no sync
-            if not any("/torch/optim/" in f.filename for f in traceback.extract_stack()):
+        def on_device(*ts) -> bool:
+            return any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in ts)
+
+        def event(what: str, *tensors, device: bool | None = None, strict: bool = True) -> None:
+            """Record `what`: with device_only, when it touches the device (`device`, else any of `tensors` on it);
+            otherwise when `strict` and not called from torch/optim."""
+            if device_only:
+                if device if device is not None else on_device(*tensors):
+                    counter.events.append(what)
+            elif strict and not any("/torch/optim/" in f.filename for f in traceback.extract_stack()):
                 counter.events.append(what)
 
         class Dispatch(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
                 name = str(func)
+                inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
                 if name.startswith(SyncCounter.SCALAR_OPS):
-                    event(name)
+                    event(name, *inputs)
+                if name.startswith("aten.repeat_interleave.Tensor") and kwargs.get("output_size") is None:
+                    event(f"{name} without output_size", *inputs)
                 if name.startswith(("aten.index.Tensor", "aten.index_put")) and any(  # boolean mask: nonzero inside
                     isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
                 ):
-                    event(f"{name} with a boolean mask")
+                    event(f"{name} with a boolean mask", *inputs)
                 out = func(*args, **kwargs)
                 if name.startswith(("aten._to_copy", "aten.copy_")) and isinstance(out, torch.Tensor):
-                    src = args[1] if name.startswith("aten.copy_") else args[0]
+                    copy_ = name.startswith("aten.copy_")
+                    src = args[1] if copy_ else args[0]
+                    non_blocking = (args[2] if len(args) > 2 else kwargs.get("non_blocking")) if copy_ else kwargs.get("non_blocking")
                     if isinstance(src, torch.Tensor) and src.device != out.device:
-                        event(f"{name} {src.device}->{out.device}")
+                        # to the host: the host reads; to the device: blocking unless non_blocking (from pinned
+                        # memory: the Function mode checks the source)
+                        event(f"{name} {src.device}->{out.device}", device=on_device(src) or not non_blocking)
                 return out
 
         class Function(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
                 name = getattr(func, "__name__", str(func))
-                if name in ("to", "cuda", "copy_") and not kwargs.get("non_blocking", False):
-                    named = [a for a in args[1:] if isinstance(a, (torch.device, str))] + (
-                        [kwargs["device"]] if "device" in kwargs else []
+                if name in ("to", "cuda", "copy_"):
+                    named = [torch.device(a) for a in args[1:] if isinstance(a, (torch.device, str))] + (
+                        [torch.device(kwargs["device"])] if kwargs.get("device") is not None else []
                     )
-                    if name == "cuda" or (name == "copy_" and args[0].device != args[1].device) or named:
-                        event(f"blocking .{name}({named})")
+                    src, dst = (args[1], args[0]) if name == "copy_" else (args[0], None)
+                    targets = named + ([dst.device] if dst is not None else [])
+                    to_device = name == "cuda" or any(d.type != "cpu" for d in targets)
+                    if not kwargs.get("non_blocking", False):
+                        if name == "cuda" or (name == "copy_" and dst.device != src.device) or named:
+                            event(f"blocking .{name}({named})", device=to_device or on_device(src))
+                    elif to_device and src.device.type == "cpu" and not src.is_pinned():
+                        event(f"non_blocking .{name} from pageable host memory to {targets}", device=True)
+                if name in ("tolist", "numpy") and args and isinstance(args[0], torch.Tensor):
+                    event(f".{name}()", args[0], strict=False)  # strict mode: host draws are read as lists
                 if name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
-                    event(f"torch.{name}(..., device={kwargs['device']})")
+                    event(f"torch.{name}(..., device={kwargs['device']})", device=torch.device(kwargs["device"]).type != "cpu")
                 return func(*args, **kwargs)
 
         self._modes = (Function(), Dispatch())
@@ -115,53 +145,66 @@ class SyncCounter:
             m.__exit__(*exc)
 
 
-def test_sync_counter_catches_what_it_must():
-    """The counter is not blind: each pattern the step loop must avoid is counted once."""
-    x = torch.ones(3)
-    cases = [
-        lambda: x.sum().item(), lambda: float(x.sum()), lambda: bool(x.sum() > 0), lambda: x[x > 0],
-        lambda: x.to("cpu"), lambda: x.to(device=torch.device("cpu")), lambda: torch.tensor([1, 2], device="cpu"),
-    ]
-    for case in cases:
-        with SyncCounter() as c:
-            case()
-        assert len(c.events) >= 1, case
-    with SyncCounter() as c:  # and these are allowed: host draws read as lists, async copies, device factories
-        torch.randint(3, (4,), generator=torch.Generator().manual_seed(0)).tolist()
-        x.to("cpu", non_blocking=True)
-        torch.zeros((), device="cpu")
-        (x * 2).sum()
-    assert c.events == []
-
-
 @pytest.mark.parametrize("method", method_names())
-def test_step_loop_never_synchronises(results, monkeypatch, method):
+def test_step_loop_never_synchronises(results, monkeypatch, method, one_thread):
     """A few training steps of every registered method, over two tasks (so that the task-≥1 paths — penalties,
-    gradient projection, perturbation — run), with every epoch's step loop (data included) under the counter."""
-    import harness.train.trainer as trainer
-
+    gradient projection, perturbation — run), with the model and data on the stand-in device (tests/standin.py) and
+    every epoch's step loop under the counter — the data prefetched on its thread, which is watched too. On a
+    machine with CUDA the same loop also runs on the GPU under torch.cuda.set_sync_debug_mode("error")."""
     import dataclasses
 
-    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**FAST, "train.batch_size": 24})
+    import harness.train.trainer as trainer
+    from harness.data.prefetch import Prefetcher
+    from tests.standin import STANDIN, StandInDevice
+
+    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**FAST, "train.batch_size": 12})
     events: list[str] = []
     steps = [0]
     original = trainer.run_epoch
 
     def counted(s, task, opt, batches, watch, heads):
-        with SyncCounter() as c:
-            original(s, task, opt, batches, watch, heads)
+        with SyncCounter(device_only=True) as c:
+            if s.device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                original(s, task, opt, batches, watch, heads)
+            finally:
+                if s.device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode(0)
         events.extend(c.events)
         steps[0] += len(watch.losses)
 
+    class WatchedPrefetcher(Prefetcher):
+        """The prefetch thread's work (the wrapped iterator: gather, copy, augment) under its own counter."""
+
+        def __init__(self, batches, device, depth=2):
+            def watched():
+                it = iter(batches)
+                while True:
+                    with StandInDevice(patch_generator=False), SyncCounter(device_only=True) as c:
+                        item = next(it, None)
+                    events.extend(f"prefetch thread: {e}" for e in c.events)
+                    if item is None:
+                        return
+                    yield item
+
+            super().__init__(watched(), device, depth)
+
     monkeypatch.setattr(trainer, "run_epoch", counted)
-    s = build(cfg, QUIET)
-    small = tuple(  # 48 training images a task (2 steps), 16 test images: every hook runs, on less data
-        dataclasses.replace(t, train_indices=t.train_indices[:48], test_indices=t.test_indices[:16]) for t in s.stream.tasks
-    )
-    s.stream = s.method.ctx.stream = dataclasses.replace(s.stream, tasks=small)
-    state = trainer.run_tasks(s, QUIET, stop_after=2)
-    assert state.tasks_done == 2 and steps[0] >= 4
-    assert events == [], f"{method}: the step loop synchronises: {sorted(set(events))}"
+    monkeypatch.setattr(trainer, "Prefetcher", WatchedPrefetcher)
+    devices = [STANDIN] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        run_on = ExecConfig(progress=False, device=str(device), prefetch="on", compile="off")
+        with StandInDevice() if device == STANDIN else contextlib.nullcontext():
+            s = build(cfg, run_on)
+            small = tuple(  # 24 training images a task (2 steps), 8 test images: every hook runs, on less data
+                dataclasses.replace(t, train_indices=t.train_indices[:24], test_indices=t.test_indices[:8])
+                for t in s.stream.tasks
+            )
+            s.stream = s.method.ctx.stream = dataclasses.replace(s.stream, tasks=small)
+            state = trainer.run_tasks(s, run_on, stop_after=2)
+        assert state.tasks_done == 2 and steps[0] >= 4
+        assert events == [], f"{method} on {device}: the step loop synchronises: {sorted(set(events))}"
 
 
 def _gpu_throughput():
@@ -277,6 +320,48 @@ def test_device_resident_images_give_the_same_batches():
     assert not resident_on_device("auto", images, cpu)
     with pytest.raises(ConfigError, match="auto, host or device"):
         resident_on_device("gpu", images, cpu)
+
+
+def test_device_sync_counter_catches_the_former_blind_spots():
+    """On the stand-in device the counter sees what the CPU-only counter missed: multi-element `.tolist()`, `.cpu()`,
+    `.numpy()`, `torch.unique`, `repeat_interleave` with tensor repeats, a non_blocking copy from pageable memory,
+    and host reads inside torch/optim (AdamW's step counters moved to the device) — while host draws read as lists,
+    pinned non_blocking copies, device factories and AdamW with host step counters stay free."""
+    from tests.standin import STANDIN, StandInDevice
+
+    with StandInDevice():
+        x = torch.arange(6.0).to(STANDIN)
+        host = torch.ones(4)
+        cases = {
+            "tolist": lambda: x.tolist(), "cpu": lambda: x.cpu(), "numpy": lambda: x.numpy(), "item": lambda: x[0].item(),
+            "unique": lambda: torch.unique(x), "repeat_interleave": lambda: torch.repeat_interleave(x, x.long()),
+            "pageable non_blocking": lambda: host.to(STANDIN, non_blocking=True),
+            "pageable non_blocking copy_": lambda: torch.empty(4, device=STANDIN).copy_(host, non_blocking=True),
+            "blocking to": lambda: host.to(STANDIN), "from data": lambda: torch.tensor([1.0], device=STANDIN),
+            "mask": lambda: x[x > 2],
+        }
+        for what, case in cases.items():
+            with SyncCounter(device_only=True) as c:
+                with contextlib.suppress(TypeError):  # .numpy() of a device tensor raises, after being counted
+                    case()
+            assert len(c.events) >= 1, what
+
+        p = torch.nn.Parameter(torch.ones(3).to(STANDIN))
+        opt = torch.optim.AdamW([p], foreach=True)
+        p.grad = torch.ones(3, device=STANDIN)
+        opt.step()
+        with SyncCounter(device_only=True) as c:  # allowed: host work, pinned async copies, device work
+            torch.randint(3, (4,), generator=torch.Generator().manual_seed(0)).tolist()
+            host.pin_memory().to(STANDIN, non_blocking=True)
+            torch.zeros((), device=STANDIN)
+            torch.repeat_interleave(x, x.long(), output_size=15)
+            (x * 2).sum()
+            opt.step()  # step counters on the host
+        assert c.events == []
+        opt.state[p]["step"] = opt.state[p]["step"].to(STANDIN)  # as a map_location=device resume left them
+        with SyncCounter(device_only=True) as c:
+            opt.step()
+        assert any("_local_scalar_dense" in e for e in c.events), c.events
 
 
 def test_batched_crop_path_is_sync_free_after_its_first_batch():

@@ -11,11 +11,13 @@ SWITCH_CHOICES = ("auto", "on", "off")
 
 
 def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without blocking the host: pinned, then copied with non_blocking=True on CUDA; a
-    plain non_blocking copy on other accelerators; a no-op on CPU."""
+    """A host tensor on `device` without blocking the host: pinned, then copied with non_blocking=True (from pageable
+    memory a non_blocking copy is synchronous on CUDA); a no-op on CPU."""
     if device.type == "cpu":
         return t
-    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+    if t.device.type != "cpu":  # already off the host: a device-to-device copy at most
+        return t.to(device, non_blocking=True)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
 def cuda_switch(setting: str, device: torch.device, what: str) -> bool:
