@@ -513,3 +513,76 @@ def test_a_gpu_torch_cannot_use_stops_the_run_instead_of_training_on_the_cpu(mon
     assert pick_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="no GPU is visible"):
         pick_device("cuda")
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_preflight_steps_on_the_device_and_stops_on_an_unusable_gpu(monkeypatch, capsys, one_thread):
+    """benchmarks/gpu_preflight.py (stage 1 of benchmarks/gpu_check.sh): on the stand-in device its new head and LoRA
+    live on the device and one step runs; with a GPU shown that torch cannot use, it exits 3 with the reason."""
+    import harness.train.setup as setup
+    from tests.standin import STANDIN, StandInDevice
+
+    preflight = _script("gpu_preflight")
+    with StandInDevice():
+        facts = preflight.main(["--device", str(STANDIN)])
+    assert facts["new head on"] == facts["new LoRA on"] == str(STANDIN) and "PREFLIGHT OK" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(setup, "visible_nvidia_gpu", lambda: "NVIDIA H200 (driver 535.1)")
+    with pytest.raises(SystemExit) as stop:
+        preflight.main([])
+    assert stop.value.code == 3 and "driver 535.1" in capsys.readouterr().out
+
+
+def test_gpu_check_resume_stage_pieces(results, tmp_path, monkeypatch, one_thread):
+    """benchmarks/gpu_resume_check.py: the kill waits for an epoch checkpoint newer than task 0's checkpoint (the
+    stale epoch file of task 0 does not count), and a watched run records every step loop's host syncs and where
+    AdamW's step counters live. (The whole stage, kill and resume included: `benchmarks/gpu_check.sh --cpu-dry`.)"""
+    import json
+    import os
+
+    check = _script("gpu_resume_check")
+    d = tmp_path / "run"
+    d.mkdir()
+    assert not check._mid_task_1(d)
+    (d / "checkpoint.epoch.pt").write_text("task 0, last epoch")
+    (d / "checkpoint.pt").write_text("task 0")
+    os.utime(d / "checkpoint.epoch.pt", ns=(1, 1))
+    assert not check._mid_task_1(d)
+    (d / "checkpoint.epoch.pt").write_text("task 1, epoch 1")
+    assert check._mid_task_1(d)
+
+    args = check.argparse.Namespace(method="seq-lora", device="cpu", overrides=json.dumps(
+        {**FAST, "train.epochs": 1, "train.epoch_repeats": 1}))
+    monkeypatch.setattr(check, "DEFAULT_OVERRIDES", {})
+    import harness.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "run_epoch", trainer.run_epoch)  # child() replaces it: undone after the test
+    check.child(args, results, "clean")
+    loops = json.loads((results / "syncs-clean.json").read_text())
+    assert [e["task"] for e in loops] == [0, 1] and all(e["steps"] > 0 and e["syncs"] == 0 for e in loops)
+    assert {d for e in loops for d in e["adam_step_on"]} <= {"cpu"}
+
+
+def test_gpu_check_script_is_valid_and_calls_what_exists():
+    """benchmarks/gpu_check.sh parses (bash -n), and every script and test file it runs exists."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    called = set(re.findall(r"(benchmarks/\w+\.py|tests/\w+\.py|\./install\.sh)", text))
+    assert {"benchmarks/gpu_preflight.py", "benchmarks/gpu_throughput.py", "benchmarks/gpu_resume_check.py"} <= called
+    assert all((root / c).exists() for c in called), called
