@@ -14,6 +14,7 @@
 #               syncs and AdamW's step counters in every step loop
 #   tests       tests/test_gpu_path.py, tests/test_compile.py and tests/test_device_placement.py on the machine (the
 #               step-loop sync test runs on CUDA under torch.cuda.set_sync_debug_mode("error"))
+#   fused       (time left) seq-lora compiled with the fused q|k|v + LoRA-down path (--fused-qkv), to compare
 #   eager       (time left) the eager step loop of seq-lora, for the compile speed-up
 # A compact summary ends the output and is in $OUT/summary.txt (OUT: default ./gpu-check-out).
 set -u -o pipefail
@@ -80,8 +81,10 @@ else
   stage tests 200 "$PY" -m pytest -q -p no:cacheprovider --tb=line -rfE tests/test_gpu_path.py tests/test_compile.py \
     tests/test_device_placement.py
   grep -E "passed|failed|^FAILED|^ERROR" "$OUTDIR/tests.log" | cut -c1-220 | tail -12 | tee -a "$SUM"
+  stage fused 90 "$PY" benchmarks/gpu_throughput.py --fused-qkv --methods seq-lora --images 12800 --steps 25 --warmup 6 --repeats 1
+  grep -E '^\| seq' "$OUTDIR/fused.log" | sed 's/^/fused q|k|v: /' | tee -a "$SUM"
   stage eager 90 "$PY" benchmarks/gpu_throughput.py --compile off --methods seq-lora --images 12800 --steps 10 --warmup 2 --repeats 1
-  grep -E '^\| seq' "$OUTDIR/eager.log" | tee -a "$SUM"
+  grep -E '^\| seq' "$OUTDIR/eager.log" | sed 's/^/eager: /' | tee -a "$SUM"
 fi
 say "== total $(( $(date +%s) - T0 ))s; logs in $OUTDIR"
 rm -rf "$WORK"

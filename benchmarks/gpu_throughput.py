@@ -28,6 +28,7 @@ CUDA), its compile choice, and no TF32 (the trainer does not enable it).
     python benchmarks/gpu_throughput.py --images 12800         # 1,280 images in task 0: every batch of 256 full
     python benchmarks/gpu_throughput.py --device cpu --tiny    # a 2-block 16-px model on 20-px images: checks the script
     python benchmarks/gpu_throughput.py --compile off          # the eager step loop (the trainer compiles on CUDA)
+    python benchmarks/gpu_throughput.py --fused-qkv            # q|k|v and the LoRA down-projections in two GEMMs
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def measure(method: str, args, device: torch.device) -> dict:
     bs = s.cfg.train.batch_size
     batches = endless(s, task.train_indices, bs)
     s.model.train()
+    s.model.set_fused_qkv(args.fused_qkv)
     if args.compiled:  # as the trainer does: once per run, full batches only
         s.model.compile_features(compiling.BACKEND)
 
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", default="auto", help="torch.compile of the training forward: auto (on for CUDA) | on | off")
     p.add_argument("--prefetch", default="auto", help="data prefetch thread, as ExecConfig.prefetch: auto (on for CUDA) | on | off")
     p.add_argument("--repeats", type=int, default=None, help="measurements per method, interleaved (default 3; tiny 2)")
+    p.add_argument("--fused-qkv", action="store_true",
+                   help="one q|k|v GEMM and one stacked LoRA-down GEMM per block (CLModel.set_fused_qkv), to compare")
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.tiny else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.prefetch = use_prefetch(args.prefetch, device)
     print(f"device {device} | {peak_note} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
           f"compile {'on' if args.compiled else 'off'} | prefetch {'on' if args.prefetch else 'off'} | "
+          f"fused q|k|v {'on' if args.fused_qkv else 'off'} | "
           f"TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
     methods = args.methods.split(",")
     runs: dict[str, list[dict]] = {m: [] for m in methods}
