@@ -1,16 +1,20 @@
 """A non-CPU device on a CPU-only machine, for the device-placement contract test (tests/test_device_placement.py).
 
-`StandInTensor` reports the device `STANDIN` (an accelerator type that no code path of clmerge special-cases, unlike
-`cuda`, `cpu` and `meta`) and holds its real values in a CPU tensor, so a whole run computes real numbers. Every op
+`StandInTensor` reports the device `STANDIN` — torch's `lazy` device type, which `.to()` accepts on any build and no
+code path of clmerge or peft special-cases (unlike `cuda`, `cpu` and `meta`: peft skips moving new adapters when a
+layer holds meta tensors) — and holds its real values in a CPU tensor, so a whole run computes real numbers. Every op
 that mixes a stand-in tensor with a CPU tensor of one or more dimensions raises `DeviceMismatch`, as CUDA raises
 "Expected all tensors to be on the same device" — 0-dim CPU tensors are allowed, as CUDA allows them (host scalars,
 e.g. AdamW's step counters). So does drawing with a CPU `torch.Generator` into a stand-in tensor (CUDA rejects a CPU
-generator for a CUDA tensor). `StandInDevice` (a dispatch mode) makes factories and copies that name the stand-in
-device (`torch.zeros(..., device=d)`, `t.to(d)`, `module.to(d)`) produce stand-in tensors, and `.to("cpu")` plain ones.
+generator for a CUDA tensor); `torch.Generator(device=<stand-in>)` gives a `StandInGenerator`, which may. While
+`StandInDevice` is active, factories and copies that name the stand-in device (`torch.zeros(..., device=d)`,
+`t.to(d)`, `module.to(d)`) produce stand-in tensors, and `.to("cpu")` plain ones.
 
 What it cannot see: how values are read (`.item()` and `.tolist()` return real numbers here; the sync test,
 tests/test_gpu_path.py, covers host reads), anything compiled (torch.compile is not traced through the subclass),
-CUDA streams and events, and bf16 autocast (CUDA only). Pinned host memory is emulated (a flag on the tensor). The
+CUDA streams and events, bf16 autocast (CUDA only), and slowness: a tensor left on the CPU that CUDA accepts too (a
+0-dim tensor, an operand of a cross-device `copy_`) is not an error here either. Pinned host memory is emulated (a
+flag on the tensor). `torch.load(map_location=<stand-in>)` is not supported (checkpoints load on the CPU). The
 dispatch modes are per thread: a thread that touches device tensors (the prefetch thread) enters `StandInDevice`
 itself (`patch_generator=False`: `torch.Generator` is process-wide and patched once).
 Checkpoints pickle the CPU values: a checkpoint written by a stand-in run loads as CPU tensors, as a CUDA one loaded
@@ -179,4 +183,5 @@ class StandInDevice:
     def __exit__(self, *exc):
         for m in reversed(self._modes):
             m.__exit__(*exc)
-        torch.Generator = self._generator
+        if self.patch_generator:
+            torch.Generator = self._generator
