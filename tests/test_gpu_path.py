@@ -586,3 +586,30 @@ def test_gpu_check_script_is_valid_and_calls_what_exists():
     called = set(re.findall(r"(benchmarks/\w+\.py|tests/\w+\.py|\./install\.sh)", text))
     assert {"benchmarks/gpu_preflight.py", "benchmarks/gpu_throughput.py", "benchmarks/gpu_resume_check.py"} <= called
     assert all((root / c).exists() for c in called), called
+
+
+def test_augmented_batches_reach_the_device_without_a_sync(one_thread):
+    """ImageBank's gather path (augmented training batches: the image benchmarks' path, which the digits step-loop
+    test does not take) from a host tensor and from a NumPy array (the memory-mapped cache), on the stand-in device:
+    every copy is pinned and asynchronous, nothing is read back."""
+    import numpy as np
+
+    from harness.data.augment import TestTransform, TrainTransform
+    from harness.data.image_bank import ImageBank
+    from harness.data.spec import ImageSpec
+    from tests.standin import STANDIN, StandInDevice
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 3, 20, 20), dtype=np.uint8)
+    labels = rng.integers(0, 4, 24)
+    spec = ImageSpec(size=16, channels=3, mean=[0.5] * 3, std=[0.5] * 3)
+    train = TrainTransform(autoaugment="imagenet", size=16, flip=True)
+    with StandInDevice():
+        for source in (torch.from_numpy(images), images):
+            bank = ImageBank(source, labels, spec, STANDIN, TestTransform(resize=18, center_crop=16), train, placement="host")
+            batches = bank.iterate(np.arange(24), 8, torch.Generator().manual_seed(0), augment=(0, "aug"))
+            next(batches)  # the first batch puts per-run constants on the device, once
+            with SyncCounter(device_only=True) as c:
+                rest = list(batches)
+            assert len(rest) == 2 and all(x.device == STANDIN for x, _ in rest)
+            assert c.events == [], f"{type(source).__name__} images: {sorted(set(c.events))}"
