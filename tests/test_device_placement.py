@@ -81,9 +81,13 @@ def _one_thread(one_thread):
     pass
 
 
-@pytest.mark.parametrize("method", method_names())
-def test_every_method_runs_its_whole_lifecycle_on_a_device(results, monkeypatch, method, tmp_path):
-    cfg = resolve("split-digits-2x5", method, seed=0, overrides=OVERRIDES)
+# every registered method with its defaults, and the options that take other device paths
+CASES = [(m, {}) for m in method_names()] + [("trm", {"method.augment": "both"})]  # + TRM's random directions
+
+
+@pytest.mark.parametrize("method, params", CASES, ids=[m + "".join(f"-{v}" for v in p.values()) for m, p in CASES])
+def test_every_method_runs_its_whole_lifecycle_on_a_device(results, monkeypatch, method, params, tmp_path):
+    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**OVERRIDES, **params})
     reference = trainer.run_tasks(_small_setup(cfg, ON_CPU), ON_CPU, stop_after=2)
 
     step_devices: list[str] = []  # where AdamW's step counters live at the start of each epoch of the resumed run
