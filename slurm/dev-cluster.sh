@@ -82,14 +82,15 @@ die() { printf '[dev-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 {start|stop|status|env|kill-node NODE|start-node NODE|restart-controller}
+usage: $0 {start|stop|status|env|kill-node NODE|start-node NODE|stop-controller|start-controller}
   start   install missing packages (apt), configure and start slurmdbd+MariaDB, slurmctld, slurmd on localhost
   stop    cancel remaining jobs and stop all daemons started by 'start'
   status  show which daemons run and sinfo; exit status 0 only if all are up
   env     print the line to eval: export SLURM_CONF=$CONF
   kill-node NODE       fault: KILL node NODE's slurmd and its jobs' processes (the controller notices later)
   start-node NODE      start node NODE's slurmd again and wait until the node is usable
-  restart-controller   stop slurmctld and start it again from its saved state, jobs running meanwhile
+  stop-controller      stop slurmctld only (it saves its state); jobs keep running on the nodes
+  start-controller     start slurmctld again from its saved state
 state directory: $STATE_DIR (set CLMERGE_SLURM_DIR to change)
 EOF
 }
@@ -590,10 +591,8 @@ cmd_start_node() {
 }
 
 # slurmctld stopped (TERM: it saves its state) and started again from that state, jobs left running meanwhile.
-cmd_restart_controller() {
-    stop_daemon slurmctld
-    start_slurmctld
-}
+cmd_stop_controller() { stop_daemon slurmctld; }
+cmd_start_controller() { start_slurmctld; }
 
 # ----------------------------------------------------------------------------------------------------------------
 # status
@@ -629,7 +628,8 @@ case "${1:-}" in
     env)    echo "export SLURM_CONF=$CONF" ;;
     kill-node)  [[ $# == 2 ]] || { usage; exit 2; }; cmd_kill_node "$2" ;;
     start-node) [[ $# == 2 ]] || { usage; exit 2; }; cmd_start_node "$2" ;;
-    restart-controller) cmd_restart_controller ;;
+    stop-controller)  cmd_stop_controller ;;
+    start-controller) cmd_start_controller ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
 esac

@@ -169,6 +169,7 @@ def submit(
     wait_for_room: bool = False,
     limits: Limits | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    job: Callable[[list[dict], dict, str], list[dict]] | None = None,
 ) -> Submission:
     """Submit the cells that are not finished and not already queued/running, as job arrays that fit the cluster.
 
@@ -177,7 +178,8 @@ def submit(
     array in the ledger as soon as sbatch accepts it. What does not fit waits for the next wave (`wait_for_room`)
     or for the next run of the same command: the submitter can be stopped and rerun at any time, since cells
     already queued are skipped. With `retry_failed`, only cells whose last job ended without a result (or whose
-    run failed) are submitted."""
+    run failed) are submitted. `job`: the callable each element runs (default CellsJob(); tests give a cheaper one
+    with the same contract)."""
 
     root = Path(root or results_dir()).resolve()
     limits = limits or resolve_limits(profile, log)
@@ -201,7 +203,7 @@ def submit(
             sizes = wave_sizes(len(elements), limits.array_cap(), room)
             for size in sizes:
                 part, elements = elements[:size], elements[size:]
-                _submit_array(part, profile, root, grid, out, limits, log)
+                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob())
             out.remaining = [c for e in elements for c in e]
         if not out.remaining:
             return out
@@ -216,7 +218,7 @@ def submit(
 
 def _submit_array(
     elements: list[list[RunConfig]], profile: SlurmProfile, root: Path, grid: str, out: Submission, limits: Limits,
-    log: Callable[[str], None],
+    log: Callable[[str], None], job: Callable,
 ) -> None:
     """One sbatch: `elements` as one array (one job if a single element), recorded in the ledger at once."""
     ex = make_executor(profile, slurm_dir(root) / "%j")
@@ -224,7 +226,7 @@ def _submit_array(
     n = len(elements)
     n_cells = sum(len(e) for e in elements)
     try:
-        jobs = ex.map_array(CellsJob(), [[c.to_dict() for c in e] for e in elements], [exec_cfg] * n, [str(root)] * n)
+        jobs = ex.map_array(job, [[c.to_dict() for c in e] for e in elements], [exec_cfg] * n, [str(root)] * n)
     except Exception as exc:  # sbatch refused (submitit raises its own error types with sbatch's stderr)
         reason = " ".join(str(exc).split())[-600:]
         raise ConfigError(
