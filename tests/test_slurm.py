@@ -264,7 +264,7 @@ def test_the_cluster_limits_are_read_and_a_contradicting_profile_is_refused(dev_
     assert (limits.max_array_size, limits.max_jobs_in_queue) == (101, 150)
     assert limits.sources == {"max_array_size": "scontrol show config: MaxArraySize=101",
                               "max_jobs_in_queue": f"sacctmgr association of {getpass.getuser()}: MaxSubmitJobs=150"}
-    profile = tmp_path / "big.yaml"
+    profile = tmp_path / "wide-profile.yaml"
     profile.write_text(yaml.safe_dump({**yaml.safe_load(Path(PROFILE).read_text()), "max_array_size": 1001}))
     grid = _grid(tmp_path, "big", ["seq-lora"], [0])
     p = clmerge("grid", grid, "--executor", "slurm", "--profile", str(profile))
