@@ -426,13 +426,55 @@ setup_association() {
         || fail_start "could not give user $RUN_USER an association with MaxSubmitJobs=$MAX_SUBMIT (sacctmgr)"
 }
 
+# Job ids (raw, one per array element) that have a live slurmstepd of this cluster on node $1: its command line
+# reads "slurmstepd: [JOBID.STEP]".
+live_step_jobs() {
+    local p comm
+    for p in /proc/[0-9]*; do
+        comm="$(cat "$p/comm" 2>/dev/null)" || continue
+        [[ "$comm" == slurmstepd ]] || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "CLMERGE_DEV_NODE=$1" || continue
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | sed -n 's/.*\[\([0-9]*\)\..*/\1/p'
+    done | sort -u
+}
+
+# Phantom jobs: slurmctld lists them running on node $1, but no process of theirs is left there (the node's slurmd
+# and job steps were killed while slurmctld could not hear of it, e.g. `stop` while the controller was down).
+# On a real cluster the node reboots and slurmctld sees the new boot time and fails them (NODE_FAIL); here the
+# machine did not reboot, so slurmctld would list them as running for ever, holding the node's CPUs. Requeue them
+# as a node failure would (a requeued clmerge cell resumes from its checkpoint), or cancel those that refuse.
+# Only jobs that started before $2 (epoch seconds: when this slurmd was launched) are candidates, so that a job
+# starting right now, whose slurmstepd is not there yet, is left alone.
+requeue_phantom_jobs() {
+    local node="$1" since="$2" live job start
+    live=" $(live_step_jobs "$node" | tr '\n' ' ') "
+    while read -r job start; do
+        [[ -n "$job" ]] || continue
+        [[ "$live" == *" $job "* ]] && continue
+        (($(date -d "$start" +%s 2>/dev/null || echo "$since") < since)) || continue
+        msg "job $job is listed as running on $node but none of its processes is left there: requeueing it"
+        scontrol requeue "$job" 2>/dev/null || scancel "$job" 2>/dev/null || true
+    done < <(squeue -h -w "$node" -t R,CG -o '%A %S' 2>/dev/null)
+}
+
 # Node $1's slurmd. -N: the node name in slurm.conf (its port and spool follow from it). CLMERGE_DEV_NODE marks
 # its processes, and the slurmstepd it forks inherit it: `kill-node` finds that node's jobs by it.
 start_slurmd() {
     local node="$1"
     already_running "slurmd-$node" && return 0
     msg "starting slurmd for node $node (port $(node_port "$node"))"
+    date +%s >"$RUN_DIR/slurmd-$node.started"
     launch "slurmd-$node" env CLMERGE_DEV_NODE="$node" slurmd -D -N "$node" -f "$CONF"
+}
+
+# After (re)starting: no job may stay "running" on a node without its processes.
+requeue_all_phantoms() {
+    local n
+    for n in "${NODES[@]}"; do
+        [[ -s "$RUN_DIR/slurmd-$n.started" ]] && requeue_phantom_jobs "$n" "$(<"$RUN_DIR/slurmd-$n.started")"
+    done
+    return 0
 }
 
 node_usable() {   # $1: node name
@@ -480,6 +522,7 @@ cmd_start() {
     for n in "${NODES[@]}"; do start_slurmd "$n"; done
     wait_for "nodes ${NODES[*]} to be idle in sinfo" slurmctld all_nodes_usable
     all_running || fail_start "a daemon exited during start"
+    requeue_all_phantoms
     cluster_registered || fail_start "cluster $CLUSTER_NAME is not registered in accounting (sacctmgr)"
     msg "cluster '$CLUSTER_NAME' up in $(elapsed "$t0") s ($(elapsed "$t_cfg") s after installation/configuration); state and logs in $STATE_DIR"
     sinfo >&2 || true
@@ -588,6 +631,7 @@ cmd_start_node() {
     check_node "$1"
     start_slurmd "$1"
     wait_for "node $1 to be usable in sinfo" "slurmd-$1" node_usable "$1"
+    requeue_phantom_jobs "$1" "$(<"$RUN_DIR/slurmd-$1.started")"
 }
 
 # slurmctld stopped (TERM: it saves its state) and started again from that state, jobs left running meanwhile.

@@ -353,5 +353,27 @@ def test_a_controller_restart_with_jobs_in_flight_leaves_no_phantom_job(dev_clus
     nxt = _grid(tmp_path, "after", ["seq-lora"], [8])
     p = clmerge("grid", nxt, "--executor", "slurm", "--profile", PROFILE, "--wait")
     assert p.returncode == 0, p.stdout + p.stderr
-    busy = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %N"], capture_output=True, text=True).stdout.strip()
-    assert busy == "", f"jobs still running after everything finished: {busy}"
+    _wait_for(lambda: jobs_in_queue() == 0, 60, "the queue to empty: no job left running on a node")
+
+
+def test_a_job_lost_while_the_controller_was_down_is_requeued_not_left_a_phantom(dev_cluster, tmp_path, results):
+    """The controller is down when the whole cluster stops (the nodes' job processes die with it), then everything
+    starts again. slurmctld's saved state still says the job runs; this machine did not reboot, so SLURM would list
+    it running for ever, holding a node (measured before the fix). `dev-cluster.sh start` finds no process of it on
+    its node and requeues it, as a node failure would: the cell resumes from its checkpoint and finishes."""
+    grid = _grid(tmp_path, "lost", ["seq-lora"], [4], **{"train.epochs": 40})
+    (cfg,) = expand(load_grid(grid))
+    d = run_dir(cfg, results)
+    assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
+    _wait_for(lambda: (d / "checkpoint.epoch.pt").exists(), 300, "the cell's first epoch checkpoint")
+    job = _job_of(cfg, results)
+    _dev("stop-controller")
+    _dev("stop")
+    _dev("start")
+    t0 = time.time()
+    _wait_for(lambda: "resumed" in (d / "events.log").read_text(), 300, "the lost job to be requeued and to resume")
+    print(f"\n[test_slurm] cluster restarted → lost job requeued → resumed in {time.time() - t0:.1f} s", file=sys.stderr)
+    _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
+    _wait_for(lambda: jobs_in_queue() == 0, 60, "the queue to empty")
+    assert _sacct_states(job) == ["REQUEUED", "COMPLETED"], _sacct_states(job)
+    assert len(read_ledger(results)[cfg.run_id()]) == 1
