@@ -267,3 +267,30 @@ def test_bad_limit_keys_in_a_profile(tmp_path, data, message):
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_profile(str(p))
+
+
+def test_job_states_asks_sacct_in_chunks(monkeypatch):
+    calls = []
+
+    def fake(*args):
+        calls.append(args)
+        return "" if args[0] == "squeue" else "".join(f"{j}|COMPLETED|00:00:01\n" for j in args[5].split(","))
+
+    monkeypatch.setattr(slurm_queue, "_slurm", fake)
+    monkeypatch.setattr(slurm_queue, "SACCT_CHUNK", 3)
+    ids = [f"5_{i}" for i in range(7)]
+    st = slurm_queue.job_states(ids)
+    assert [len(c[5].split(",")) for c in calls[1:]] == [3, 3, 1]  # every id asked once
+    assert {s.state for s in st.values()} == {"COMPLETED"} and set(st) == set(ids)
+
+
+def test_status_asks_slurm_only_about_unfinished_cells(results, monkeypatch):
+    cells = _cells(3)
+    atomic_write_json(run_dir(cells[0], results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 1}})
+    from harness.dispatch.slurm_queue import _record
+
+    _record(results, {c.run_id(): {"job_id": f"8_{i}", "stdout": "", "stderr": ""} for i, c in enumerate(cells)})
+    asked = []
+    monkeypatch.setattr(status, "job_states", lambda ids: asked.extend(ids) or {j: JobState("RUNNING") for j in ids})
+    got = [s.state for s in status.cell_statuses(cells, results)]
+    assert got == ["done", "running", "running"] and sorted(asked) == ["8_1", "8_2"]

@@ -62,7 +62,9 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
     root = Path(root or results_dir())
     ledger = read_ledger(root)
     entries = {c.run_id(): ledger.get(c.run_id(), []) for c in cells}
-    ids = [e["job_id"] for es in entries.values() for e in es]
+    complete = {c.run_id() for c in cells if is_complete(run_dir(c, root))}
+    # SLURM is asked only about unfinished cells' jobs: a finished grid of 10,000 cells costs no squeue/sacct lines
+    ids = [e["job_id"] for rid, es in entries.items() if rid not in complete for e in es]
     try:
         states, queue_error = job_states(ids), ""
     except QueueError as exc:
@@ -72,7 +74,7 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
         d, es = run_dir(c, root), entries[c.run_id()]
         last = es[-1] if es else None
         jid = last["job_id"] if last else ""
-        if is_complete(d):
+        if c.run_id() in complete:
             try:
                 wall = read_json(d / "result.json")["timings"]["wall_seconds"]
             except (KeyError, ValueError, OSError):
