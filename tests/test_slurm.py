@@ -1,4 +1,4 @@
-"""SLURM mode against a REAL cluster: the single-node one of slurm/dev-cluster.sh (slurmctld, slurmd, slurmdbd).
+"""SLURM mode against a REAL cluster: the multi-node one of slurm/dev-cluster.sh (slurmctld, slurmd n1 + n2, slurmdbd).
 
 If SLURM_CONF is set, its cluster is used as it is; otherwise, where sbatch exists, the session starts the dev
 cluster (and stops it at the end). Where the machine cannot run SLURM the tests are skipped with the reason, which
