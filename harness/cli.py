@@ -214,7 +214,7 @@ def _failed(cells):
 
 
 def _run_grid_slurm(name: str, cells, args, show_report) -> int:
-    """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
+    """Submit the unfinished cells as job arrays that fit the cluster and return (default: a grid can run for days; `status` follows
     it), or with --wait block until every cell is done or failed, then report."""
     from harness.dispatch.slurm import load_profile, submit, wait
     from harness.dispatch.slurm_queue import slurm_available
@@ -403,7 +403,7 @@ def cmd_prepare(args) -> int:
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "debug", "slurm"],
-                   help="submitit executor (default: local); slurm submits one job array and returns")
+                   help="submitit executor (default: local); slurm submits job arrays that fit the cluster and returns")
     p.add_argument("--profile", default=None, metavar="slurm/NAME.yaml", help="SLURM profile (file or name in slurm/)")
     p.add_argument("--wait", action="store_true", help="slurm: keep submitting as the queue frees up, then block until every cell finished or failed")
     p.add_argument("--retry-failed", action="store_true",

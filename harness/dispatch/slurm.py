@@ -5,15 +5,17 @@
     results/jobs/slurm/ledger.json   run_id → [{job_id, submitted, stdout, stderr, grid}], newest last
     results/jobs/slurm/<job id>/     submitit's pickles and the job's stdout/stderr logs
 
-Never running a cell twice takes two locks. Submissions hold `results/jobs/slurm/.ledger.lock` while they look at the
-queue and submit, so a second submission of the same grid sees the first one's jobs and skips their cells. A job
+Never running a cell twice takes two locks. Each submission wave holds `results/jobs/slurm/.ledger.lock` while it
+looks at the queue and submits, so a second (or rerun, or concurrent) submission of the same grid sees the first
+one's jobs and skips their cells: a submitter can be stopped and rerun at any time. A job
 takes the cell's own `.lock` (harness/train/run.py) while it runs, so a cell started twice anyway (e.g. by a local run)
 runs once; the other job reports it "busy" and ends normally.
 
 Preemption and time limits: SLURM sends USR2 `signal_delay_s` before the limit (or on preemption); submitit calls
 CellsJob.checkpoint() and requeues the job; the cell resumes from its last epoch checkpoint. A job that dies
-without a result (scancel, OOM, node failure) shows as failed in `clmerge status` — from squeue while SLURM still
-lists the job, from sacct after — never as an endless "running".
+without a result (scancel, OOM) shows as failed in `clmerge status` — from squeue while SLURM still
+lists the job, from sacct after — never as an endless "running". A node failure requeues the job (NODE_FAIL) and
+the cell resumes on another node.
 """
 
 from __future__ import annotations
