@@ -41,6 +41,10 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def load_result(cfg: RunConfig, root: Path | None = None) -> dict | None:
-    d = run_dir(cfg, root)
-    return read_json(d / RESULT) if is_complete(d) else None
+def load_result(cfg: RunConfig, root: Path | None = None, run_id: str | None = None) -> dict | None:
+    """The finished run's result.json, None if it has none (parsed once: a report reads thousands)."""
+    try:
+        r = read_json(run_dir(cfg, root, run_id) / RESULT)
+    except (ValueError, OSError):
+        return None
+    return r if isinstance(r, dict) and r.get("status") == "complete" else None
