@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, check_seed
+from harness.config import RunConfig, check_seed, config_hash
 from harness.core.errors import ConfigError, unknown
 from harness.core.paths import grids_dir
 from harness.core.schema import load_yaml
@@ -93,11 +93,13 @@ def expand(grid: GridSpec) -> list[RunConfig]:
                     for seed in grid.seeds:
                         if first is None or "seed" in overrides:
                             cfg = first = resolve(bench, method, seed, order_seed, overrides, where=where)
+                            first_dict = first.to_dict()
+                            rid = config_hash(first_dict)
                         else:  # what resolve gives for another training seed, without re-resolving (large grids)
                             check_seed(seed, f"{where}: seed")
                             cfg = copy.deepcopy(first)
                             cfg.seed = seed
-                        rid = cfg.run_id()
+                            rid = config_hash({**first_dict, "seed": seed})  # = cfg.run_id(), without to_dict
                         if rid not in seen:  # e.g. order seeds collapse on a natural-order benchmark
                             seen.add(rid)
                             cells.append(cfg)

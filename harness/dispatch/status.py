@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.core.io import file_lock, read_json
+from harness.core.io import file_lock
 from harness.core.paths import results_dir
 from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_ledger
-from harness.store import is_complete, run_dir
+from harness.store import load_result, run_dir
 
 STATES = ("done", "running", "pending", "failed", "todo", "unknown")
 
@@ -68,7 +68,8 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
     rids = [c.run_id() for c in cells]  # once per cell: hashing a config is most of status's own cost
     dirs = [run_dir(c, root, rid) for c, rid in zip(cells, rids)]
     entries = {rid: ledger.get(rid, []) for rid in rids}
-    complete = {rid for rid, d in zip(rids, dirs) if is_complete(d)}
+    results = {rid: r for c, rid in zip(cells, rids) if (r := load_result(c, root, rid)) is not None}  # parsed once
+    complete = set(results)
     # SLURM is asked only about unfinished cells' jobs: a finished grid of 10,000 cells costs no squeue/sacct lines
     ids = [e["job_id"] for rid, es in entries.items() if rid not in complete for e in es]
     try:
@@ -82,8 +83,8 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
         jid = last["job_id"] if last else ""
         if rid in complete:
             try:
-                wall = read_json(d / "result.json")["timings"]["wall_seconds"]
-            except (KeyError, ValueError, OSError):
+                wall = results[rid]["timings"]["wall_seconds"]
+            except (KeyError, TypeError):
                 wall = 0.0
             out.append(CellStatus(c, "done", jid, _seconds(wall), run_id=rid))
             continue
