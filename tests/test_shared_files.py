@@ -64,10 +64,10 @@ def test_figures_honour_the_umask(tmp_path, umask):
 
 
 MOUNTINFO = """\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
-98 22 0:50 / /lustre rw,relatime shared:40 - lustre 10.0.0.1@tcp:/scratch rw,lazystatfs
 99 98 0:51 / /lustre/project\\040a rw,noatime shared:41 - lustre 10.0.0.1@tcp:/proj rw,noflock
-"""
+98 22 0:50 / /lustre rw,relatime shared:40 - lustre 10.0.0.1@tcp:/scratch rw,lazystatfs
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
+"""  # not in mount order: the longest matching mount point wins wherever it is listed
 
 
 def test_mount_of_finds_the_longest_prefix():
