@@ -56,19 +56,21 @@ def record(section: str, **values) -> dict:
     return rec
 
 
-def measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Run `cmd`; (wall seconds, peak RSS in MiB of the command, its output). Fails loudly on a non-zero exit.
+def measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, float]:
+    """Run `cmd`; (wall seconds, peak RSS in MiB, its output, CPU seconds user + system). Fails loudly on a non-zero
+    exit. On a shared machine CPU seconds are the steadier figure: wall time includes waiting for a core.
 
     Peak RSS comes from /usr/bin/time (GNU time's %M): not from this process's wait4, since Linux carries the RSS
     high-water mark of the forking process (this one, with torch loaded) into the child's across exec."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
         t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], stdout=subprocess.PIPE,
+        p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file.name, *cmd], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, env=env or ENV, text=True)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}")
-        return wall, int(rss_file.read().split()[-1]) / 1024, p.stdout
+        rss, user, system = rss_file.read().split()[-3:]
+        return wall, int(rss) / 1024, p.stdout, float(user) + float(system)
 
 
 def clmerge(*args: str) -> list[str]:
@@ -132,8 +134,8 @@ def bench_grid(sizes: list[int]) -> None:
             t_write = time.perf_counter() - t0
             for what, args in (("dry-run", ("grid", str(grid), "--dry-run")), ("status", ("status", str(grid))),
                                ("report", ("report", str(grid)))):
-                wall, rss, out = measured(clmerge("--results", str(root), *args))
-                record("grid", command=f"clmerge {what}", cells=n, wall_s=round(wall, 2), peak_rss_mib=round(rss),
+                wall, rss, out, cpu = measured(clmerge("--results", str(root), *args))
+                record("grid", command=f"clmerge {what}", cells=n, wall_s=round(wall, 2), cpu_s=round(cpu, 2), peak_rss_mib=round(rss),
                        in_process_expand_s=round(t_expand, 2), synthetic_write_s=round(t_write, 2))
             shutil.rmtree(root)
     finally:
@@ -174,8 +176,8 @@ def bench_slurm(n_cells: int) -> None:
                     record("slurm", run="immediate rerun (queue full)", cells=n, pack=pack,
                            submit_s=round(time.perf_counter() - t0, 2), arrays=len(again.arrays),
                            cells_submitted=len(again.submitted), cells_remaining=len(again.remaining))
-                    wall, rss, _ = measured(clmerge("status", str(grid)), env={**ENV, "CLMERGE_RESULTS": str(root)})
-                    record("slurm", run="clmerge status, jobs queued", cells=n, pack=pack, wall_s=round(wall, 2),
+                    wall, rss, _, cpu = measured(clmerge("status", str(grid)), env={**ENV, "CLMERGE_RESULTS": str(root)})
+                    record("slurm", run="clmerge status, jobs queued", cells=n, pack=pack, wall_s=round(wall, 2), cpu_s=round(cpu, 2),
                            peak_rss_mib=round(rss))
             finally:
                 subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], check=False)
@@ -219,11 +221,11 @@ def bench_data(n_images: int) -> None:
         jpeg_bytes = make_folder(folder, n_images)
         t_make = time.perf_counter() - t0
         env = {**ENV, "CLMERGE_CACHE": str(cache)}
-        wall, rss, out = measured(clmerge("prepare", "imagenet-r-10", "--source", str(folder)), env=env)
+        wall, rss, out, cpu = measured(clmerge("prepare", "imagenet-r-10", "--source", str(folder)), env=env)
         cache_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
         stream_ips = stream_rate(cache)
         record("data", images=n_images, classes=200, jpeg_mib=round(jpeg_bytes / 2**20, 1), generate_s=round(t_make, 1),
-               prepare_s=round(wall, 1), prepare_images_per_s=round(n_images / wall, 1), prepare_peak_rss_mib=round(rss),
+               prepare_s=round(wall, 1), prepare_cpu_s=round(cpu, 1), prepare_images_per_s=round(n_images / wall, 1), prepare_peak_rss_mib=round(rss),
                cache_mib=round(cache_bytes / 2**20, 1), stream_pm_train_images_per_s=stream_ips)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -263,15 +265,16 @@ def plot(out_png: Path) -> None:
 
     recs = [r for r in json.loads(OUT.read_text()) if r["section"] == "grid"]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for cmd in ("clmerge dry-run", "clmerge status", "clmerge report"):
-        pts = sorted((r["cells"], r["wall_s"], r["peak_rss_mib"]) for r in recs if r["command"] == cmd)
+    for i, cmd in enumerate(("clmerge dry-run", "clmerge status", "clmerge report")):
+        pts = sorted((r["cells"], r["wall_s"], r["cpu_s"], r["peak_rss_mib"]) for r in recs if r["command"] == cmd)
         if not pts:
             continue
-        xs, ts, ms = zip(*pts)
-        ax_t.plot(xs, ts, "o-", label=cmd.split()[1])
-        ax_m.plot(xs, ms, "o-", label=cmd.split()[1])
+        xs, ts, cs, ms = zip(*pts)
+        ax_t.plot(xs, cs, "o-", color=f"C{i}", label=f"{cmd.split()[1]} (CPU)")
+        ax_t.plot(xs, ts, "x--", color=f"C{i}", alpha=0.6, label=f"{cmd.split()[1]} (wall)")
+        ax_m.plot(xs, ms, "o-", color=f"C{i}", label=cmd.split()[1])
     ax_t.axhline(10, color="grey", ls=":", lw=1)
-    ax_t.set(xlabel="cells", ylabel="wall time (s)", title="grid commands: time")
+    ax_t.set(xlabel="cells", ylabel="seconds", title="grid commands: CPU and wall time")
     ax_m.set(xlabel="cells", ylabel="peak RSS (MiB)", title="grid commands: memory")
     for ax in (ax_t, ax_m):
         ax.legend()
