@@ -308,7 +308,7 @@ def test_a_killed_node_requeues_its_job_and_the_cell_resumes_to_the_same_result(
     """The node running a cell loses power (its slurmd and job processes KILLed). After SlurmdTimeout the controller
     marks it DOWN and requeues the job (NODE_FAIL); it runs on the other node, resumes from the epoch checkpoint and
     ends with the result of an uninterrupted run."""
-    grid = _grid(tmp_path, "node", ["seq-lora"], [6], **{"train.epochs": 40})
+    grid = _grid(tmp_path, "node", ["seq-lora"], [6], **{"train.epochs": 10})  # killed right after its first epoch
     (cfg,) = expand(load_grid(grid))
     d = run_dir(cfg, results)
     assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
@@ -361,7 +361,7 @@ def test_a_job_lost_while_the_controller_was_down_is_requeued_not_left_a_phantom
     starts again. slurmctld's saved state still says the job runs; this machine did not reboot, so SLURM would list
     it running for ever, holding a node (measured before the fix). `dev-cluster.sh start` finds no process of it on
     its node and requeues it, as a node failure would: the cell resumes from its checkpoint and finishes."""
-    grid = _grid(tmp_path, "lost", ["seq-lora"], [4], **{"train.epochs": 40})
+    grid = _grid(tmp_path, "lost", ["seq-lora"], [4], **{"train.epochs": 40})  # must outlive stop-controller + stop
     (cfg,) = expand(load_grid(grid))
     d = run_dir(cfg, results)
     assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
