@@ -276,8 +276,11 @@ def plot(out_png: Path) -> None:
     ax_t.axhline(10, color="grey", ls=":", lw=1)
     ax_t.set(xlabel="cells", ylabel="seconds", title="grid commands: CPU and wall time")
     ax_m.set(xlabel="cells", ylabel="peak RSS (MiB)", title="grid commands: memory")
+    ax_t.legend(fontsize=7, ncol=2, loc="upper left")
+    ax_m.legend(fontsize=7, loc="lower right")
+    ax_m.set_ylim(bottom=0)
     for ax in (ax_t, ax_m):
-        ax.legend()
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
