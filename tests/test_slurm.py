@@ -325,7 +325,9 @@ def test_a_killed_node_requeues_its_job_and_the_cell_resumes_to_the_same_result(
         _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
     finally:
         _dev("start-node", node)
-    assert _sacct_states(job)[0] == "NODE_FAIL" and _sacct_states(job)[-1] == "COMPLETED", _sacct_states(job)
+    # the result is written a moment before the job ends, and sacct lags squeue by seconds
+    _wait_for(lambda: _sacct_states(job)[-1:] == ["COMPLETED"], 120, "sacct to record the job completed")
+    assert _sacct_states(job)[0] == "NODE_FAIL", _sacct_states(job)
     assert len(read_ledger(results)[cfg.run_id()]) == 1  # requeued by SLURM, not resubmitted
     r = json.loads((d / "result.json").read_text())
     assert r["acc_matrix"] == reference.acc and r["task_aware_matrix"] == reference.task_aware
@@ -375,5 +377,6 @@ def test_a_job_lost_while_the_controller_was_down_is_requeued_not_left_a_phantom
     print(f"\n[test_slurm] cluster restarted → lost job requeued → resumed in {time.time() - t0:.1f} s", file=sys.stderr)
     _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
     _wait_for(lambda: jobs_in_queue() == 0, 60, "the queue to empty")
+    _wait_for(lambda: _sacct_states(job)[-1:] == ["COMPLETED"], 60, "sacct to record the job completed")
     assert _sacct_states(job) == ["REQUEUED", "COMPLETED"], _sacct_states(job)
     assert len(read_ledger(results)[cfg.run_id()]) == 1
