@@ -21,6 +21,12 @@ def _add_log(p: argparse.ArgumentParser) -> None:
                    help="optional experiment tracking under <results>/tracking/ (needs the package; off by default)")
 
 
+def _add_rerun_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="run again the finished cells whose code changed since they ran (default: keep them, "
+                        "reported as stale)")
+
+
 def _add_against(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", default="seq-lora", metavar="M1,M2",
                    help="reference method(s) of the paired comparison in the report (default: seq-lora; '' for none)")
@@ -86,7 +92,8 @@ def cmd_run(args) -> int:
     if not readiness.ok:
         print(preflight.message(readiness, f"{cfg.benchmark} × {cfg.method}", skip_hint=False), file=sys.stderr)
         return 2
-    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log), force=args.force)
+    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log,
+                                      rerun_stale=args.rerun_stale), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if outcome.status in ("done", "skipped"):
         from harness.core.io import read_json
@@ -135,7 +142,8 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     readiness = preflight.check(cells)
     if args.dry_run:
-        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None))))
+        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None)),
+                          rerun_stale=args.rerun_stale, setting_of=_setting_labeler(name_or_file)))
         return 0
     if not readiness.ok:
         if not args.skip_unready:
@@ -161,7 +169,7 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         per_job = max(1, -(-len(cells) // (3 * workers)))
     start = time.time()
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job,
-                        track=args.log)
+                        track=args.log, rerun_stale=args.rerun_stale, setting_of=_setting_labeler(name_or_file))
     wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
@@ -196,6 +204,20 @@ def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> 
     rows = compare(runs, reference)
     print("\n" + render(rows, reference, name))
     return 0 if all_reproduced(rows) else 1
+
+
+def _setting_labeler(name_or_file: str):
+    """For a grid with a sweep: cell → its setting label ('epsilon=0.25'), shown by the plan, progress and status;
+    None otherwise."""
+    if not _is_grid(name_or_file):
+        return None
+    from harness.dispatch.grid import load_grid
+    from harness.dispatch.sweep import method_keys, setting_label
+
+    grid = load_grid(name_or_file)
+    if not (grid.sweep or grid.method_sweep):
+        return None
+    return lambda cell: setting_label(cell, list(method_keys(grid, cell.method)))
 
 
 def _resolved_table(name_or_file: str, seeds):
@@ -237,7 +259,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         for c in cells:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
-    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed)
+    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed, rerun_stale=args.rerun_stale)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
         reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
@@ -251,7 +273,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
               f"--profile {args.profile} --retry-failed)")
         return 0
     statuses = wait(cells)
-    failed = [s for s in statuses if s.state != "done"]
+    failed = [s for s in statuses if s.state not in ("done", "stale")]
     if show_report is not None:
         show_report()
     if failed:
@@ -306,7 +328,7 @@ def cmd_status(args) -> int:
     from harness.dispatch.status import cell_statuses, format_statuses
 
     statuses = cell_statuses(_target(args.file)[1], tail_lines=args.lines)
-    print(format_statuses(statuses))
+    print(format_statuses(statuses, _setting_labeler(args.file)))
     return 1 if any(s.state == "failed" for s in statuses) else 0
 
 
@@ -416,6 +438,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells-per-job", type=int, default=None,
                    help="cells run one after another in each job (default: 1 for grid; reproduce packs ~3 jobs per worker)")
     p.add_argument("--force", action="store_true", help="delete the grid's results and run every cell again")
+    _add_rerun_stale(p)
     _add_log(p)
     _add_against(p)
 
@@ -436,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-seed", type=int, default=None, help="class-order seed (default: the benchmark's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3, method.epsilon=0.5")
     p.add_argument("--force", action="store_true", help="run again even if finished")
+    _add_rerun_stale(p)
     _add_exec(p)
     p.set_defaults(fn=cmd_run)
 

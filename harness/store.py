@@ -5,7 +5,9 @@
         checkpoint.pt    after every task (removed when the run completes)
         checkpoint.epoch.pt  after every epoch: optimiser, scheduler and every RNG state too (mid-task resume)
         events.log       one line per start, resume, requeue, busy, failure, completion
-        result.json      written atomically at the very end: its presence is what "finished" means
+        result.json      written atomically at the very end: its presence is what "finished" means; it records
+                         the code that produced it (harness/method/code_identity.py): a finished cell whose code
+                         changed since is `stale` — reported, kept, rerun only with --rerun-stale
         error.json       the last failure (traceback), if any
         .lock            held while the run executes, so two workers never run the same cell
 """
@@ -43,3 +45,15 @@ def is_complete(path: Path) -> bool:
 def load_result(cfg: RunConfig, root: Path | None = None) -> dict | None:
     d = run_dir(cfg, root)
     return read_json(d / RESULT) if is_complete(d) else None
+
+
+def stale_reason(path: Path) -> str:
+    """Why the finished run in `path` is stale ('' when its recorded code is the current code, or it is not finished)."""
+    from harness.method.code_identity import stale_reason as reason
+
+    if not is_complete(path):
+        return ""
+    try:
+        return reason(read_json(Path(path) / RESULT).get("code"))
+    except (ValueError, OSError):
+        return ""

@@ -123,6 +123,7 @@ def submit(
     grid: str = "",
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
+    rerun_stale: bool = False,
 ) -> Submission:
     """Submit the cells that are not finished and not already queued/running as ONE job array.
 
@@ -134,7 +135,7 @@ def submit(
         todo, skipped = [], {}
         for st in statuses:
             rid = st.cfg.run_id()
-            if st.state == "failed" or (st.state == "todo" and not retry_failed):
+            if st.state == "failed" or (st.state == "todo" and not retry_failed) or (st.state == "stale" and rerun_stale):
                 todo.append(st.cfg)
             elif st.state == "todo":
                 skipped[rid] = "not failed (never submitted)"
@@ -143,7 +144,7 @@ def submit(
         if not todo:
             return Submission([], {}, skipped)
         ex = make_executor(profile, slurm_dir(root) / "%j")
-        exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
+        exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False, rerun_stale=rerun_stale))
         n = len(todo)
         jobs = ex.map_array(CellsJob(), [[c.to_dict()] for c in todo], [exec_cfg] * n, [str(root)] * n)
         now = datetime.datetime.now().isoformat(timespec="seconds")
