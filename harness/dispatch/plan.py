@@ -92,8 +92,10 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
             "overrides beyond the benchmark's protocol": _fmt(extra),
         })
     frame = pd.DataFrame(rows)
+    if len(frame) and not frame["stale"].any():
+        frame = frame.drop(columns="stale")  # the column only when some cell is stale
     todo = int(frame["to run"].sum()) if len(frame) else 0
-    stale = int(frame["stale"].sum()) if len(frame) else 0
+    stale = int(frame["stale"].sum()) if "stale" in frame else 0
     out = [f"plan for {name}: {len(cells)} cells — {todo} to run, "
            f"{int(frame['done'].sum()) if len(frame) else 0} done, "
            + (f"{stale} stale (finished, but their code changed since; kept, rerun with --rerun-stale), " if stale else "")

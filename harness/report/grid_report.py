@@ -18,7 +18,7 @@ from harness.core.io import atomic_write_text
 from harness.core.paths import results_dir
 from harness.math.metrics import mean_std
 from harness.report.table_plots import plot
-from harness.store import load_result
+from harness.store import load_result, run_dir, stale_reason
 
 COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"), ("task_aware_a_last", "Task-aware A_last")]
 DEFINITION = (
@@ -38,6 +38,7 @@ def collect(cells: list[RunConfig], root: Path | None = None):
         r = load_result(c, root)
         row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
         row["error"] = "" if r is not None else first_error_line(c, root)
+        row["stale"] = stale_reason(run_dir(c, root)) if r is not None else ""  # its code changed since it ran
         if r is not None:
             m = r["metrics"]
             row.update({k: m.get(k) for k, _ in COLUMNS})
@@ -77,7 +78,8 @@ def aggregate(runs):
     for (bench, method), g in runs.groupby(["benchmark", "method"], sort=False):
         done = g[g["done"]]
         row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g)),
-               "failed": int((g["error"] != "").sum()) if "error" in g else 0}
+               "failed": int((g["error"] != "").sum()) if "error" in g else 0,
+               "stale": int((done["stale"] != "").sum()) if "stale" in done else 0}
         notes = [x for x in done.get("reconstruction", []) if isinstance(x, str) and x]
         row["reconstruction"] = notes[0] if notes else ""
         for key, _ in COLUMNS:
@@ -101,6 +103,7 @@ def markdown(agg, title: str) -> str:
         vals = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS)
         n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
         n += f" ({r['failed']} failed)" if r.get("failed") else ""
+        n += f" ({r['stale']} stale)" if r.get("stale") else ""
         gn = r.get("grad_norm_start_mean", math.nan)
         gn = "–" if math.isnan(gn) else f"{gn:.3g}"
         mark = RECON_MARK if r.get("reconstruction") else ""
@@ -123,6 +126,16 @@ def reconstruction_notes(agg) -> list[str]:
     out = [f"{RECON_MARK} reconstruction — parts of the method are not from public code or text (what is ours):"]
     out += [f"- `{m}`: {text}" for m, text in notes] + [""]
     return out
+
+
+def stale_lines(runs, name: str) -> list[str]:
+    """Markdown bullets for the finished cells whose code changed since they ran: counted, but flagged."""
+    if "stale" not in runs or not (runs["stale"] != "").any():
+        return []
+    bad = runs[runs["stale"] != ""]
+    out = ["**Stale cells** (counted above, but produced by code that has changed since; "
+           f"rerun them with `clmerge grid {name} --rerun-stale`)", ""]
+    return out + [f"- {r.benchmark} × {r.method} × seed {r.seed} (run {r.run_id}): {r.stale}" for r in bad.itertuples()] + [""]
 
 
 def failed_lines(runs, name: str) -> list[str]:
@@ -171,7 +184,7 @@ def report(
     from harness.report.table_render import aggregate_latex
 
     md = markdown(agg, title) + extra
-    md += "\n".join(failed_lines(runs, name))
+    md += "\n".join(stale_lines(runs, name) + failed_lines(runs, name))
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], agg.to_csv(index=False))
     atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS))
