@@ -149,11 +149,13 @@ def failed_lines(runs, name: str) -> list[str]:
 
 
 def report(
-    name: str, cells: list[RunConfig], root: Path | None = None, grid=None, against: list[str] = ()
+    name: str, cells: list[RunConfig], root: Path | None = None, grid=None, against: list[str] = (),
+    focus: list[str] | None = None,
 ) -> tuple[str, dict[str, Path]]:
     """Write results/tables/<name>.md/.csv and results/plots/<name>.png; return the Markdown and the paths.
     A sweep grid's main table holds the settings selected on validation (harness/report/selection.py; the whole sweep in
-    <name>-sweep.csv/.png); `against` adds paired comparisons with those reference methods (harness/report/compare.py)."""
+    <name>-sweep.csv/.png); `against` adds paired comparisons with those reference methods (harness/report/compare.py),
+    of the `focus` methods only when given."""
     root = Path(root or results_dir())
     runs = collect(cells, root)
     title = f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished"
@@ -163,21 +165,27 @@ def report(
     if grid is not None and (grid.sweep or grid.method_sweep) and len(runs):
         from harness.report import selection
 
+        refit = bool(grid.tune and grid.refit)
+        tuning = [c for c in cells if c.tune or not grid.tune]
+        if refit:  # the refit cells of the settled selections, whether or not `cells` holds them
+            cells = tuning + selection.refit_cells(grid, tuning, collect(tuning, root))
+            runs = collect(cells, root)
+            title = f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished"
         runs = selection.annotate(runs, cells, grid)
         table = selection.sweep_table(runs)
         chosen = selection.select(table)
-        runs = selection.selected_runs(runs, chosen)
-        extra += "\n" + selection.markdown(table, chosen)
+        runs = selection.selected_runs(runs, chosen, refit=refit)
+        extra += "\n" + selection.markdown(table, chosen, refit=refit)
         paths["sweep_csv"] = root / "tables" / f"{name}-sweep.csv"
         atomic_write_text(paths["sweep_csv"], table.to_csv(index=False))
         if len(chosen):
             paths["sweep_plot"] = root / "plots" / f"{name}-sweep.png"
             selection.plot(table, chosen, paths["sweep_plot"], name)
-        title += "; main table: the settings selected on validation"
+        title += "; main table: the settings selected on validation" + (", retrained on all training data" if refit else "")
     if against and len(runs):
         from harness.report.compare import section
 
-        text, _ = section(runs, list(against))
+        text, _ = section(runs, list(against), focus)  # focus: `compare --method`, its rows only
         extra += "\n" + text
     agg = aggregate(runs)
     from harness.report.table_plots import plot_heatmap
