@@ -73,6 +73,9 @@ class Method:
     # False: `state_dict()` changes only in begin_task/end_task, so epoch checkpoints leave it out (a resume replays
     # begin_task on the task checkpoint's state) — P&M's float64 sums are then written once per task, not per epoch
     state_changes_in_task: ClassVar[bool] = True
+    # True: the method draws random numbers of its own (e.g. DARE's masks) from generators seeded by the run seed
+    # (`generator(self.seed, ...)`, `task_seed`); tests/test_contract_resume.py checks the declaration both ways
+    draws_random: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params = params
