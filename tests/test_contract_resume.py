@@ -11,8 +11,9 @@
 * every Fisher pass (harness/math/fisher.py empirical_fisher, however a method reaches it) runs in eval mode: dropout
   in a backbone would otherwise make the Fisher a random quantity.
 
-Two tasks of the bundled digits (2 × 5 classes) on the 2-block test ViT, two epochs per task: four short runs per
-method (uninterrupted, killed mid-task, resumed after a task, resumed mid-task, reseeded).
+Two tasks of the bundled digits (2 × 5 classes) on the 2-block test ViT, thinned to every THIN-th sample (about 90
+training and 45 test images per task: 3 steps per epoch), two epochs per task: five short runs per method
+(uninterrupted, killed mid-task, resumed after a task, resumed mid-task, reseeded).
 """
 
 from __future__ import annotations
@@ -32,7 +33,26 @@ from tests.conftest import FAST
 from tests.fakes import crash_in_task_1
 
 QUIET = ExecConfig(progress=False, background_checkpoints=False)
-TWO_EPOCHS = {**FAST, "train.epochs": 2}
+TWO_EPOCHS = {**FAST, "train.epochs": 2, "train.batch_size": 32}
+THIN = 8
+
+
+@pytest.fixture(autouse=True)
+def thin_stream(monkeypatch):
+    """Every run of these tests sees each task's samples thinned to every THIN-th (the same for every run)."""
+    import dataclasses
+
+    import harness.train.setup as setup
+
+    real = setup.build_stream
+
+    def thinned(*args, **kwargs):
+        stream = real(*args, **kwargs)
+        tasks = tuple(dataclasses.replace(t, train_indices=t.train_indices[::THIN], test_indices=t.test_indices[::THIN])
+                      for t in stream.tasks)
+        return dataclasses.replace(stream, tasks=tasks)
+
+    monkeypatch.setattr(setup, "build_stream", thinned)
 INIT_PARTS = ("head", "lora")  # task_seed names of the initialisation, held fixed by the seed contract
 
 
@@ -93,7 +113,7 @@ _REFERENCE: dict[str, tuple[dict, list[bool]]] = {}
 
 def reference(method: str) -> tuple[dict, list[bool]]:
     """The uninterrupted run's outcome and the training flags seen by its Fisher passes (computed once per method)."""
-    if method not in _REFERENCE:
+    if method not in _REFERENCE:  # (called inside a test: the stream is thinned)
         with pytest.MonkeyPatch.context() as mp:
             spy = FisherModes(mp)
             s = build(_cfg(method), QUIET)
@@ -114,10 +134,11 @@ def test_resume_after_a_task_and_mid_task_is_bit_identical(method, tmp_path, mon
 
     cfg = _cfg(method)
     ckpt = tmp_path / "checkpoint.pt"
-    crash_in_task_1(monkeypatch, get_method(method), cfg, epochs_done=1)
-    with pytest.raises(KeyboardInterrupt):
-        run_tasks(build(cfg, QUIET), QUIET, checkpoint=ckpt)
-    monkeypatch.undo()
+    cls = get_method(method)
+    with pytest.MonkeyPatch.context() as crash:
+        crash_in_task_1(crash, cls, cfg, epochs_done=1)
+        with pytest.raises(KeyboardInterrupt):
+            run_tasks(build(cfg, QUIET), QUIET, checkpoint=ckpt)
     ep = torch.load(tmp_path / "checkpoint.epoch.pt", weights_only=False)
     assert (ep["task"], ep["epochs_done"]) == (1, 1)
     after_task = tmp_path / "after-task" / "checkpoint.pt"

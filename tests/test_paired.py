@@ -79,3 +79,15 @@ def test_paired_table_pairs_only_shared_seeds():
     lo, hi = t_interval([10.0, -5.0])
     assert t["ci_lo"] == pytest.approx(lo) and t["ci_hi"] == pytest.approx(hi)
     assert paired_table(runs, ["absent"]).empty
+
+
+def test_paired_table_has_no_mirror_rows_and_shows_the_focus_methods_first():
+    vals = {"a": [0.5, 0.6, 0.7], "b": [0.4, 0.5, 0.9], "c": [0.3, 0.2, 0.1]}
+    runs = pd.DataFrame([{"benchmark": "x", "method": m, "seed": s, "order_seed": None, "a_last": v, "done": True}
+                         for m, vs in vals.items() for s, v in enumerate(vs)])
+    t = paired_table(runs, ["b", "c"])
+    assert list(zip(t["method"], t["against"])) == [("a", "b"), ("a", "c"), ("b", "c")]  # no ("c", "b")
+    focus = paired_table(runs, ["a", "b"], methods=["c"])  # `compare --method c --against a,b`
+    assert list(zip(focus["method"], focus["against"])) == [("c", "a"), ("c", "b")]
+    assert focus["mean_diff"].iloc[0] == pytest.approx(100 * np.mean([-0.2, -0.4, -0.6]))
+    assert all("only 3 paired seed(s)" in w for w in focus["warning"])
