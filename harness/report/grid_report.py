@@ -18,7 +18,7 @@ from harness.core.io import atomic_write_text
 from harness.core.paths import results_dir
 from harness.math.metrics import mean_std
 from harness.report.table_plots import plot
-from harness.store import load_result, run_dir, stale_reason
+from harness.store import load_result, result_stale_reason
 
 COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"), ("task_aware_a_last", "Task-aware A_last")]
 DEFINITION = (
@@ -35,10 +35,11 @@ def collect(cells: list[RunConfig], root: Path | None = None):
 
     rows = []
     for c in cells:
-        r = load_result(c, root)
-        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
+        rid = c.run_id()
+        r = load_result(c, root, rid)
+        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": rid, "done": r is not None}
         row["error"] = "" if r is not None else first_error_line(c, root)
-        row["stale"] = stale_reason(run_dir(c, root)) if r is not None else ""  # its code changed since it ran
+        row["stale"] = result_stale_reason(r)  # its code changed since it ran ('' if current or not finished)
         if r is not None:
             m = r["metrics"]
             row.update({k: m.get(k) for k, _ in COLUMNS})
