@@ -22,6 +22,12 @@ def _add_log(p: argparse.ArgumentParser) -> None:
                    help="optional experiment tracking under <results>/tracking/ (needs the package; off by default)")
 
 
+def _add_rerun_stale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="run again the finished cells whose code changed since they ran (default: keep them, "
+                        "reported as stale)")
+
+
 def _add_against(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", default="seq-lora", metavar="M1,M2",
                    help="reference method(s) of the paired comparison in the report (default: seq-lora; '' for none)")
@@ -87,7 +93,8 @@ def cmd_run(args) -> int:
     if not readiness.ok:
         print(preflight.message(readiness, f"{cfg.benchmark} × {cfg.method}", skip_hint=False), file=sys.stderr)
         return 2
-    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log), force=args.force)
+    outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log,
+                                      rerun_stale=args.rerun_stale), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if outcome.status in ("done", "skipped"):
         from harness.core.io import read_json
@@ -101,13 +108,15 @@ def cmd_run(args) -> int:
     return 0 if outcome.status in ("done", "skipped") else 1
 
 
-def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
-    """A grid (file or name in grids/) or a published table: (name, cells, function printing its report)."""
+def _target(name_or_file: str, seeds: int | None = None, against: str = "", focus: list[str] | None = None):
+    """A grid (file or name in grids/) or a published table: (name, cells, function printing its report; `focus`:
+    the methods whose paired rows it shows, all when None)."""
     if _is_grid(name_or_file):
         from harness.dispatch.grid import expand, load_grid
 
         grid = load_grid(name_or_file)
-        return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid), grid, _methods_arg(against))
+        return grid.name, _grid_cells(grid), lambda: _print_report(grid.name, expand(grid), grid,
+                                                                   _methods_arg(against), focus)
     from harness.report.leaderboard import available_tables, table_cells, write_report
 
     if name_or_file not in available_tables():
@@ -124,6 +133,20 @@ def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
     return name_or_file, table_cells(name_or_file, seeds=seeds), show
 
 
+def _grid_cells(grid, tuning=None) -> list:
+    """A grid's cells: its expansion, then (tuned sweeps with refit) the refit cells of the selections the finished
+    sweep cells settle (harness/report/selection.py refit_cells)."""
+    from harness.dispatch.grid import expand
+    from harness.report.grid_report import collect
+    from harness.report.selection import refit_cells
+
+    tuning = tuning if tuning is not None else expand(grid)
+    if not (grid.tune and grid.refit and (grid.sweep or grid.method_sweep)):
+        return tuning
+    ids = {c.run_id() for c in tuning}
+    return tuning + [c for c in refit_cells(grid, tuning, collect(tuning)) if c.run_id() not in ids]
+
+
 def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -> int:
     from harness.dispatch.executors import dispatch
     from harness.train.run import clear
@@ -133,12 +156,17 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     from harness.train.tracking import check_backend
 
     check_backend(args.log)
-    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against)
+    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against,
+                                       getattr(args, "focus", None))
     if not cells:
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     readiness = preflight.check(cells)
     if args.dry_run:
-        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None))))
+        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None)),
+                          rerun_stale=args.rerun_stale, setting_of=_setting_labeler(name_or_file)))
+        note = _refit_note(name_or_file, cells)
+        if note:
+            print("\n" + note)
         return 0
     if not readiness.ok:
         if not args.skip_unready:
@@ -163,8 +191,15 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
         workers = args.max_parallel or os.cpu_count() or 1
         per_job = max(1, -(-len(cells) // (3 * workers)))
     start = time.time()
+    setting_of = _setting_labeler(name_or_file)
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job,
-                        track=args.log)
+                        track=args.log, rerun_stale=args.rerun_stale, setting_of=setting_of)
+    refit = _new_refit_cells(name_or_file, cells, args)
+    if refit:  # the sweep settled: retrain the selected settings on all training data
+        print(f"refit: {len(refit)} cell(s) of the selected settings, trained on all training data")
+        outcomes += dispatch(refit, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job,
+                             track=args.log, rerun_stale=args.rerun_stale,
+                             setting_of=(lambda c: f"{setting_of(c)}, refit") if setting_of else None)
     wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
@@ -199,6 +234,49 @@ def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> 
     rows = compare(runs, reference)
     print("\n" + render(rows, reference, name))
     return 0 if all_reproduced(rows) else 1
+
+
+def _refit_note(name_or_file: str, cells) -> str:
+    """For the plan of a tuned sweep with refit: which selections are settled (their refit cells are in the plan)."""
+    if not _is_grid(name_or_file):
+        return ""
+    from harness.dispatch.grid import load_grid
+
+    grid = load_grid(name_or_file)
+    if not (grid.tune and grid.refit and (grid.sweep or grid.method_sweep)):
+        return ""
+    pairs = {(c.benchmark, c.method) for c in cells if c.tune}
+    settled = {(c.benchmark, c.method) for c in cells if not c.tune}
+    return (f"refit: each benchmark × method's selected setting is retrained on all training data (tune off) once its "
+            f"sweep cells are finished; {len(settled)} of {len(pairs)} selections settled (their refit cells are "
+            "listed above with ', refit'), the others follow when their sweep finishes.")
+
+
+def _new_refit_cells(name_or_file: str, cells, args) -> list:
+    """Refit cells the finished sweep now settles that `cells` did not hold (none with --retry-failed)."""
+    if not _is_grid(name_or_file) or args.retry_failed:
+        return []
+    from harness.dispatch.grid import load_grid
+
+    grid = load_grid(name_or_file)
+    tuning = [c for c in cells if c.tune or not grid.tune]
+    ids = {c.run_id() for c in cells}
+    return [c for c in _grid_cells(grid, tuning) if c.run_id() not in ids]
+
+
+def _setting_labeler(name_or_file: str):
+    """For a grid with a sweep: cell → its setting label ('epsilon=0.25'), shown by the plan, progress and status;
+    None otherwise."""
+    if not _is_grid(name_or_file):
+        return None
+    from harness.dispatch.grid import load_grid
+    from harness.dispatch.sweep import method_keys, setting_label
+
+    grid = load_grid(name_or_file)
+    if not (grid.sweep or grid.method_sweep):
+        return None
+    refit = lambda cell: ", refit" if grid.tune and not cell.tune else ""  # noqa: E731
+    return lambda cell: setting_label(cell, list(method_keys(grid, cell.method))) + refit(cell)
 
 
 def _resolved_table(name_or_file: str, seeds):
@@ -240,7 +318,8 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         for c in cells:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
-    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed, wait_for_room=args.wait)
+    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed, wait_for_room=args.wait,
+                 rerun_stale=args.rerun_stale)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
         reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
@@ -254,7 +333,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
               f"--profile {args.profile} --retry-failed)")
         return 0
     statuses = wait(cells)
-    failed = [s for s in statuses if s.state != "done"]
+    failed = [s for s in statuses if s.state not in ("done", "stale")]
     if show_report is not None:
         show_report()
     if failed:
@@ -263,10 +342,10 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     return 0
 
 
-def _print_report(name: str, cells, grid=None, against: list[str] = ()) -> None:
+def _print_report(name: str, cells, grid=None, against: list[str] = (), focus: list[str] | None = None) -> None:
     from harness.report.grid_report import report
 
-    md, paths = report(name, cells, grid=grid, against=against)
+    md, paths = report(name, cells, grid=grid, against=against, focus=focus)
     print(md)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -296,20 +375,35 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
     import yaml
 
-    grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []))
+    grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []),
+                        _parse_sweep(args.sweep or []))
     expand(grid)  # every check before anything runs (or is written)
     # The grid as a file: `status`/`report`/`--retry-failed` work on it like on any grid.
     path = results_dir() / "grids" / f"{grid.name}.yaml"
     atomic_write_text(path, yaml.safe_dump({k: v for k, v in grid.__dict__.items() if k != "file"}, sort_keys=False))
-    args.against, args.file = ",".join(against), str(path)
+    args.against, args.file, args.focus = ",".join(against), str(path), [args.method]
     return _run_grid(str(path), args, report_after=True)
+
+
+def _parse_sweep(items: list[str]) -> dict:
+    """`['method.epsilon=0.25,0.5']` → {'method.epsilon': [0.25, 0.5]} (each value read as YAML, like --set)."""
+    from harness.config import parse_set
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [v for v in raw.split(",") if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise ConfigError(f"--sweep {item!r}: expected KEY=V1,V2,..., e.g. --sweep method.epsilon=0.25,0.5,1")
+        out[key.strip()] = [parse_set([f"{key}={v.strip()}"])[key.strip()] for v in values]
+    return out
 
 
 def cmd_status(args) -> int:
     from harness.dispatch.status import cell_statuses, format_statuses
 
     statuses = cell_statuses(_target(args.file)[1], tail_lines=args.lines)
-    print(format_statuses(statuses))
+    print(format_statuses(statuses, _setting_labeler(args.file)))
     return 1 if any(s.state == "failed" for s in statuses) else 0
 
 
@@ -420,6 +514,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells-per-job", type=int, default=None,
                    help="cells run one after another in each job (default: 1 for grid; reproduce packs ~3 jobs per worker)")
     p.add_argument("--force", action="store_true", help="delete the grid's results and run every cell again")
+    _add_rerun_stale(p)
     _add_log(p)
     _add_against(p)
 
@@ -440,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-seed", type=int, default=None, help="class-order seed (default: the benchmark's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3, method.epsilon=0.5")
     p.add_argument("--force", action="store_true", help="run again even if finished")
+    _add_rerun_stale(p)
     _add_exec(p)
     p.set_defaults(fn=cmd_run)
 
@@ -472,8 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "print the paired table")
     p.add_argument("--method", required=True)
     p.add_argument("--benchmark", required=True)
-    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="training seeds 0..N-1 (default: 5; fewer get a warning in the paired table)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run (e.g. train.epochs=3)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
+                   help="sweep a key of --method (e.g. method.epsilon=0.25,0.5,1; repeatable: cartesian product): "
+                        "tune: true is set, the setting is selected on validation and retrained on all training data")
     _grid_args(p)
     p.set_defaults(fn=cmd_compare)
 

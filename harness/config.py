@@ -61,6 +61,9 @@ class ExecConfig:
     background_checkpoints: bool = True
     # torch.compile of the training forward (harness/train/compile.py): auto (on for CUDA) | on | off; CLMERGE_COMPILE
     compile: str = field(default_factory=lambda: os.environ.get("CLMERGE_COMPILE", "auto"))
+    # rerun a finished cell whose recorded code differs from the current code (harness/method/code_identity.py);
+    # off: such a cell is kept and reported stale
+    rerun_stale: bool = False
 
 
 def config_hash(config: dict) -> str:

@@ -5,7 +5,9 @@
         checkpoint.pt    after every task (removed when the run completes)
         checkpoint.epoch.pt  after every epoch: optimiser, scheduler and every RNG state too (mid-task resume)
         events.log       one line per start, resume, requeue, busy, failure, completion
-        result.json      written atomically at the very end: its presence is what "finished" means
+        result.json      written atomically at the very end: its presence is what "finished" means; it records
+                         the code that produced it (harness/method/code_identity.py): a finished cell whose code
+                         changed since is `stale` — reported, kept, rerun only with --rerun-stale
         error.json       the last failure (traceback), if any
         .lock            held while the run executes, so two workers never run the same cell
 """
@@ -48,3 +50,20 @@ def load_result(cfg: RunConfig, root: Path | None = None, run_id: str | None = N
     except (ValueError, OSError):
         return None
     return r if isinstance(r, dict) and r.get("status") == "complete" else None
+
+
+def result_stale_reason(result: dict | None) -> str:
+    """Why a finished result (a parsed result.json) is stale ('' when its recorded code is the current code, or None)."""
+    from harness.method.code_identity import stale_reason as reason
+
+    return reason(result.get("code")) if result is not None else ""
+
+
+def stale_reason(path: Path) -> str:
+    """Why the finished run in `path` is stale ('' when its recorded code is the current code, or it is not finished)."""
+    if not is_complete(path):
+        return ""
+    try:
+        return result_stale_reason(read_json(Path(path) / RESULT))
+    except (ValueError, OSError):
+        return ""

@@ -41,6 +41,7 @@ class Params:
 @register
 class Dare(Average):
     name = "dare"
+    draws_random = True  # the drop masks
     description = "DARE: randomly drop p of each task's own delta ΔW_t, rescale by 1/(1−p), then average the task vectors"
     Params = Params
     reconstruction = "P&M's 'DARE' row: drop rate and combination not stated; p = 0.5 and averaging assumed"

@@ -60,6 +60,7 @@ class PMParams:
 @register
 class PerturbAndMerge(Method):
     name = "pm"
+    draws_random = True  # the perturbation signs (and pm-gauss noise)
     description = "P&M: LoRA trained with task-vector perturbation, merged with the closed-form Fisher coefficient α_t"
     Params = PMParams
     constant_memory = True
@@ -168,6 +169,7 @@ class LoraMParams(PMParams):
 @register
 class LoraM(PerturbAndMerge):
     name = "lora-m"
+    draws_random = False  # no perturbation: nothing is drawn
     description = "LoRA-M (P&M ablation): closed-form Fisher merge coefficient α_t, no perturbation during training"
     Params = LoraMParams
 

@@ -71,6 +71,7 @@ class TRMParams:
 @register
 class TRM(Method):
     name = "trm"
+    draws_random = True  # probe head, probe labels, merge batch order, random direction
     description = (
         "TRM (reconstruction from the abstract): merge inside the task's checkpoint-trajectory subspace, coefficients "
         "optimised for task alignment, old-class consistency and gradient responsiveness, no stored old tasks"

@@ -66,6 +66,7 @@ class Params:
 @register
 class TunableMagMax(TaskVectorMerge):
     name = "tunable-magmax"
+    draws_random = True  # over-quota entries handed on at random
     description = "Tunable MagMax: max-|τ| merge with per-task quotas of winning entries from a preference vector"
     Params = Params
     constant_memory = False  # all τ_i are kept: the quota assignment needs them at once

@@ -68,3 +68,19 @@ def kill_in_task_1(monkeypatch, method_cls, cfg, exec_cfg, epochs_done: int = 1)
     assert (ep["task"], ep["epochs_done"]) == (1, epochs_done) and not is_complete(d)
     monkeypatch.setattr(method_cls, "training_loss", original)
     return d
+
+
+def finished_result(method: str, wall_seconds: float = 1) -> dict:
+    """A minimal result.json of a finished cell that records the current code (so it is `done`, not `stale`)."""
+    return {"status": "complete", "timings": {"wall_seconds": wall_seconds}, "code": _current_code(method)}
+
+
+_CODE: dict[str, dict] = {}
+
+
+def _current_code(method: str) -> dict:
+    from harness.method.code_identity import code_identity
+
+    if method not in _CODE:  # hashing the sources once per method and test process
+        _CODE[method] = code_identity(method)
+    return _CODE[method]

@@ -95,3 +95,15 @@ def test_partial_rerun_compares_the_same_seeds_and_draws_no_verdict():
     row = gr.compare(ours, _reference(ref))[0]
     assert row.verdict == "partial (2/3)" and row.deltas["a_last"] == 0.0 and row.identical_cells == 2
     assert not gr.all_reproduced([row])
+
+
+def test_a_method_added_after_the_reference_is_new_and_does_not_fail():
+    """Adding a method keeps `reproduce smoke` green: its row is reported new, the judged rows still decide."""
+    ref = _runs({"m": [0.5, 0.5]})
+    rows = gr.compare(_runs({"m": [0.5, 0.5], "added": [0.7, 0.7]}), _reference(ref))
+    assert [r.verdict for r in rows] == ["reproduced", "new (not in reference)"]
+    assert gr.all_reproduced(rows)
+    text = gr.render(rows, _reference(ref), "g")
+    assert "1 of 1 rows reproduced" in text and "New rows (added)" in text and "--update-reference" in text
+    differs = gr.compare(_runs({"m": [0.6, 0.6], "added": [0.7, 0.7]}), _reference(ref))
+    assert not gr.all_reproduced(differs)  # a new row never hides a judged row that differs

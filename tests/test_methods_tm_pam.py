@@ -395,3 +395,28 @@ def test_pam_run_penalises_and_merges_by_running_mean():
     pen = float(m.penalty(s.model, task).detach())
     assert float((total - ce).detach()) == pytest.approx(m.params.mu * pen, rel=1e-6)
     assert pen > 0
+
+
+def test_classes_preference_weights_tasks_by_their_class_counts():
+    """preference "classes" (the default): task weights = the numbers of classes of the seen tasks, so a task of 2
+    classes weighs 2/(2+3+5) after three tasks of 2, 3 and 5 classes — not 1/3 as with uniform weights."""
+    import numpy as np
+
+    from harness.config import RunConfig, TrainConfig
+    from harness.data.stream import Task
+    from harness.method.base import MethodContext
+    from harness.method.registry import get_method
+
+    sizes = (2, 3, 5)
+    offsets = np.cumsum((0,) + sizes)
+    tasks = [Task(i, tuple(range(offsets[i], offsets[i + 1])), int(offsets[i]), np.arange(4), np.arange(0))
+             for i in range(3)]
+    cfg = RunConfig(benchmark="split-digits", method="tunable-magmax", backbone=BackboneConfig(preset="vit-micro-test"),
+                    train=TrainConfig(), method_params={})
+    cls = get_method("tunable-magmax")
+    method = cls(cls.Params(), MethodContext(cfg, SimpleNamespace(tasks=tasks), torch.device("cpu")))
+    assert method.params.preference == "classes"
+    assert method.preference_weights(2) == ([2.0, 3.0, 5.0], "classes")
+    assert method.preference_weights(1) == ([2.0, 3.0], "classes")
+    uniform = cls(cls.Params(preference="uniform"), MethodContext(cfg, SimpleNamespace(tasks=tasks), torch.device("cpu")))
+    assert uniform.preference_weights(2) == ([1.0, 1.0, 1.0], "uniform")

@@ -303,3 +303,39 @@ def test_mid_task_resume_keeps_the_trajectory_and_grad_norms(results):
     assert result["grad_norms"] == ref.grad_norms
     strip = lambda recs: [{k: v for k, v in r.items() if k != "merge_seconds"} for r in recs]  # noqa: E731
     assert strip(result["method_records"]) == strip(ref.method_records)
+
+
+def test_probe_uses_seeded_random_labels_and_the_ce_temperature_everywhere(monkeypatch):
+    """In a real run with the CE temperature at 30 (P&M's setting): every probe CE — g0's at θ̂_{t−1} and the
+    objective's — and the objective's task CE divide the logits by 30, and the probe labels are the seeded random
+    draws of generator(seed, 'trm-probe-labels', t), one per step — never the current task's labels (whose gradient
+    at a fitted model is small: the under-fitting reward the probe was introduced to remove)."""
+    from harness.core.seeding import generator
+
+    probe_temps: list[float] = []
+    steps: list[dict] = []
+    real_probe, real_objective = tm.probe_loss, tm.trm_objective
+
+    def probe_spy(logits, labels, ce_temperature):
+        probe_temps.append(ce_temperature)
+        return real_probe(logits, labels, ce_temperature)
+
+    def objective_spy(*args, **kwargs):
+        steps.append({"y_local": args[4].clone(), "probe": kwargs["probe_labels"].clone(),
+                      "ce_temperature": kwargs["ce_temperature"]})
+        return real_objective(*args, **kwargs)
+
+    monkeypatch.setattr(tm, "probe_loss", probe_spy)
+    monkeypatch.setattr(tm, "trm_objective", objective_spy)
+    cfg = resolve("split-digits-2x5", "trm", seed=3, overrides={**BASE, "train.temperature": 30.0})
+    s = build(cfg, QUIET)
+    run_tasks(s, QUIET, stop_after=1)
+    assert steps and probe_temps and set(probe_temps) == {30.0}
+    assert len(probe_temps) == len(steps) + 1  # g0 once at the start point, then one per objective step
+    assert {st["ce_temperature"] for st in steps} == {30.0}
+    task = s.stream.tasks[0]
+    g = generator(cfg.seed, "trm-probe-labels", task.index)
+    for st in steps:
+        want = torch.randint(task.num_classes, st["y_local"].shape, generator=g)
+        assert torch.equal(st["probe"], want)
+    assert any(not torch.equal(st["probe"], st["y_local"]) for st in steps)

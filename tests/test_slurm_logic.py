@@ -19,6 +19,7 @@ from harness.dispatch.slurm import load_profile, sbatch_parameters, submit
 from harness.dispatch.slurm_limits import Limits
 from harness.dispatch.slurm_queue import JobState, QueueError, read_ledger
 from harness.dispatch.status import cell_statuses, format_statuses
+from harness.method.code_identity import code_identity
 from harness.resolve import resolve
 from harness.store import run_dir
 from tests.conftest import FAST
@@ -78,7 +79,8 @@ def _ledger(root: Path, jobs: dict[str, str]) -> None:
 def test_status_decisions(results, monkeypatch):
     cells = _cells(8)
     done, running, requeued, cancelled, gone, errored, todo, locked = cells
-    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 75}})
+    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 75},
+                                                              "code": code_identity(done.method)})  # current code
     atomic_write_json(run_dir(errored, results) / "error.json", {"error": "TrainingDiverged: loss is nan"})
     ids = {c.run_id(): f"7_{i}" for i, c in enumerate(cells) if c not in (todo, locked)}
     _ledger(results, ids)
@@ -126,7 +128,8 @@ class FakeExecutor:
 def test_submit_skips_finished_queued_and_running_cells(results, monkeypatch):
     cells = _cells(4)
     done, queued, failed, new = cells
-    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 1}})
+    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 1},
+                                                              "code": code_identity(done.method)})
     _ledger(results, {queued.run_id(): "5_1", failed.run_id(): "5_2"})
     queue = {"5_1": JobState("PENDING"), "5_2": JobState("OUT_OF_MEMORY")}
     monkeypatch.setattr(status, "job_states", lambda ids: {j: queue.get(j, JobState("PENDING")) for j in ids})

@@ -19,6 +19,7 @@ from harness.dispatch.slurm_queue import JobState, read_ledger
 from harness.resolve import resolve
 from harness.store import run_dir
 from tests.conftest import FAST
+from tests.fakes import finished_result
 
 SCONTROL = """Configuration data as of 2026-12-04T15:00:00
 AccountingStorageEnforce = associations,limits,qos
@@ -144,7 +145,7 @@ class FakeCluster:
             self.states[jid] = "COMPLETED"
             for data in self.cells[jid]:
                 atomic_write_json(run_dir(RunConfig.from_dict(data), root) / "result.json",
-                                  {"status": "complete", "timings": {"wall_seconds": 1}})
+                                  finished_result(data["method"]))
 
 
 def _cells(n: int):
@@ -286,7 +287,7 @@ def test_job_states_asks_sacct_in_chunks(monkeypatch):
 
 def test_status_asks_slurm_only_about_unfinished_cells(results, monkeypatch):
     cells = _cells(3)
-    atomic_write_json(run_dir(cells[0], results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 1}})
+    atomic_write_json(run_dir(cells[0], results) / "result.json", finished_result(cells[0].method))
     from harness.dispatch.slurm_queue import _record
 
     _record(results, {c.run_id(): {"job_id": f"8_{i}", "stdout": "", "stderr": ""} for i, c in enumerate(cells)})

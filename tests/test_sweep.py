@@ -13,7 +13,7 @@ from harness.data.stream import build_stream
 from harness.data.validation import VALIDATION_FRACTION, hold_out
 from harness.dispatch.grid import expand, load_grid
 from harness.dispatch.progress import CellProgress
-from harness.report.selection import select, selected_runs, sweep_table
+from harness.report.selection import refit_cells, select, selected_runs, sweep_table
 from harness.resolve import resolve
 from tests.conftest import FAST
 
@@ -93,12 +93,83 @@ def test_selection_uses_validation_never_test():
     assert list(select(sweep_table(runs))["setting"]) == ["a"]
 
 
+def _sweep_runs(rows):
+    """(setting, seed, val A_last, test A_last) rows of one benchmark × method as `collect` + `annotate` give them."""
+    return pd.DataFrame([{"benchmark": "x", "method": "m", "setting": st, "seed": s, "order_seed": None,
+                          "val_a_last": v, "a_last": t, "a_avg": t, "done": True, "error": ""} for st, s, v, t in rows])
+
+
+def test_selection_compares_settings_on_the_seeds_all_of_them_finished():
+    # ε = 0.5 finished seeds 0 and 1 (val 0.60, 0.40: mean 0.50); ε = 1 only seed 0 (val 0.55). Over whatever each
+    # finished, ε = 1 (0.55) beats ε = 0.5 (0.50) on its easy seed; on the shared seed 0 it loses 0.55 < 0.60.
+    runs = _sweep_runs([("eps=0.5", 0, 0.60, 0.5), ("eps=0.5", 1, 0.40, 0.5), ("eps=1", 0, 0.55, 0.5)])
+    runs = pd.concat([runs, _sweep_runs([("eps=1", 1, float("nan"), float("nan"))]).assign(done=False)])
+    table = sweep_table(runs)
+    chosen = select(table)
+    assert list(chosen["setting"]) == ["eps=0.5"] and (chosen["shared"].iloc[0], chosen["seeds"].iloc[0]) == (1, 2)
+    assert chosen["val_shared_mean"].iloc[0] == pytest.approx(0.60)
+    assert list(table["val_a_last_mean"]) == [pytest.approx(0.50), pytest.approx(0.55)]  # the whole-sweep means
+    from harness.report.selection import markdown
+
+    assert "| 1/2 |" in markdown(table, chosen, refit=True) and "retrained on all training data" in markdown(table, chosen, refit=True)
+    assert "trained on 90 %" in markdown(table, chosen, refit=False)
+    # no seed finished by every setting: nothing selected yet
+    alone = _sweep_runs([("a", 0, 0.6, 0.5), ("b", 1, 0.7, 0.5)])
+    assert select(sweep_table(alone)).empty
+
+
+def test_refit_cells_are_the_selected_setting_untuned_once_the_sweep_settled(tmp_path):
+    grid = load_grid(_grid(tmp_path, method_sweep={"pm": {"method.epsilon": [0.25, 1.0]}}))
+    assert grid.refit  # the default: the papers report models trained on all of the training data
+    cells = expand(grid)
+    rows = []
+    for c in cells:  # validation: ε = 1 wins on both seeds; seq-lora has one setting
+        val = 0.7 if c.method == "pm" and c.method_params["epsilon"] == 1.0 else 0.5
+        rows.append({"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed,
+                     "run_id": c.run_id(), "done": True, "error": "", "val_a_last": val, "a_last": 0.5, "a_avg": 0.5})
+    runs = pd.DataFrame(rows)
+    refit = refit_cells(grid, cells, runs)
+    assert [(c.method, c.method_params.get("epsilon"), c.seed, c.tune) for c in refit] == [
+        ("pm", 1.0, 0, False), ("pm", 1.0, 1, False), ("seq-lora", None, 0, False), ("seq-lora", None, 1, False)]
+    plain = resolve("split-digits-2x5", "pm", 1, overrides={**FAST, "method.epsilon": 1.0})
+    assert refit[1].run_id() == plain.run_id()  # an ordinary untuned cell: content-addressed, shared with other grids
+    # a sweep cell still to run (not finished, no error): that method's selection is not settled, no refit yet
+    runs.loc[0, "done"] = False
+    assert [c.method for c in refit_cells(grid, cells, runs)] == ["seq-lora", "seq-lora"]
+    runs.loc[0, "error"] = "RuntimeError: boom"  # failed counts as settled
+    assert len(refit_cells(grid, cells, runs)) == 4
+    off = load_grid(_grid(tmp_path, refit=False, method_sweep={"pm": {"method.epsilon": [0.25, 1.0]}}))
+    assert refit_cells(off, cells, runs) == []
+
+
+def test_compare_sweep_selects_refits_and_shows_each_setting(results, capsys):
+    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "1",
+            "--sweep", "method.epsilon=0.25,1", "--executor", "debug"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
+    assert main(args + ["--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "| split-digits-2x5 | pm | epsilon=0.25 |" in plan and "| split-digits-2x5 | pm | epsilon=1 |" in plan
+    assert "0 of 2 selections settled" in plan
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "  [done] split-digits-2x5 × pm [epsilon=0.25] × seed 0" in out
+    assert "refit: 2 cell(s) of the selected settings" in out and ", refit] × seed 0" in out
+    assert "### Selected settings (on validation)" in out and "| 1/1 |" in out
+    assert "retrained on all training data" in out and "5 of 5 cells finished" in out
+    assert main(["status", str(results / "grids" / "compare-pm-split-digits-2x5-sweep-epsilon.yaml")]) == 0
+    status = capsys.readouterr().out
+    assert "epsilon=0.25" in status and "epsilon=1" in status and ", refit" in status and "5 done" in status
+    assert main(["compare", "--method", "pm", "--benchmark", "split-digits-2x5", "--sweep", "method.epsilon"]) == 2
+    assert "expected KEY=V1,V2" in capsys.readouterr().err
+    assert main(["compare", "--method", "pm", "--benchmark", "split-digits-2x5", "--sweep", "method.epsilon="]) == 2
+
+
 def test_compare_runs_the_missing_cells_and_prints_the_paired_table(results, capsys):
     args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "1",
             "--executor", "debug"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 1 |" in out
+    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 1 ⚠ |" in out
+    assert "only 1 paired seed(s) (< 5)" in out
     assert main(args + ["--dry-run"]) == 0 and "2 cells — 0 to run, 2 done" in capsys.readouterr().out
 
 

@@ -24,8 +24,11 @@ def git_commit() -> str | None:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True, timeout=5)
+        # modified tracked files, and untracked code (a new methods/*.py runs from the checkout too)
+        dirty = [line for line in status.stdout.splitlines()
+                 if not line.startswith("??") or line[3:].startswith(("harness/", "methods/"))]
+        return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

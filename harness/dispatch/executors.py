@@ -22,7 +22,7 @@ import submitit
 from harness.config import ExecConfig, RunConfig
 from harness.core.errors import unknown
 from harness.core.paths import results_dir
-from harness.store import is_complete, run_dir
+from harness.store import is_complete, run_dir, stale_reason
 
 EXECUTORS = ("local", "debug")
 
@@ -71,9 +71,10 @@ class CellsJob(submitit.helpers.Checkpointable):
         return out
 
 
-def pending(cells: list[RunConfig], root: Path | None = None) -> list[RunConfig]:
-    """Cells without a finished result."""
-    return [c for c in cells if not is_complete(run_dir(c, root))]
+def pending(cells: list[RunConfig], root: Path | None = None, rerun_stale: bool = False) -> list[RunConfig]:
+    """Cells without a finished result (with `rerun_stale`, also those whose result's code is stale)."""
+    return [c for c in cells
+            if not is_complete(run_dir(c, root)) or (rerun_stale and stale_reason(run_dir(c, root)))]
 
 
 def dispatch(
@@ -85,22 +86,35 @@ def dispatch(
     exec_cfg: ExecConfig | None = None,
     log: Callable[[str], None] = print,
     track: str | None = None,  # experiment tracking backend for every cell (harness/train/tracking.py)
+    rerun_stale: bool = False,  # rerun finished cells whose code changed since (else kept, and reported)
+    setting_of: Callable[[RunConfig], str] | None = None,  # a sweep's setting label of a cell, shown in progress lines
 ) -> list[CellOutcome]:
     """Run the unfinished `cells`; finished ones are skipped. Returns one outcome per cell."""
     if executor not in EXECUTORS:
         raise unknown("executor", executor, EXECUTORS)
     root = Path(root or results_dir())
-    todo = pending(cells, root)
-    skipped = [
-        CellOutcome(c.run_id(), c.benchmark, c.method, c.seed, "skipped", "already finished") for c in cells if c not in todo
-    ]
+    rerun_stale = exec_cfg.rerun_stale if exec_cfg is not None else rerun_stale
+    todo = pending(cells, root, rerun_stale)
+    todo_ids = {c.run_id() for c in todo}
+    skipped, stale = [], 0
+    for c in cells:
+        if c.run_id() in todo_ids:
+            continue
+        why = stale_reason(run_dir(c, root))
+        stale += bool(why)
+        skipped.append(CellOutcome(c.run_id(), c.benchmark, c.method, c.seed, "skipped",
+                                   "already finished" + (f"; STALE, {why}" if why else "")))
     if skipped:
         log(f"{len(skipped)} of {len(cells)} cells already finished: skipped")
+    if stale:  # never silently reused
+        log(f"WARNING: {stale} of them are stale (their code changed since they ran) and kept as they are; "
+            "`clmerge status` lists them, --rerun-stale runs them again")
     if not todo:
         return skipped
     cpus = os.cpu_count() or 1
     max_parallel = max(1, max_parallel or cpus) if executor == "local" else 1
-    exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False, log=track)
+    exec_cfg = exec_cfg or ExecConfig(threads=max(1, cpus // max_parallel), progress=False, log=track,
+                                      rerun_stale=rerun_stale)
     # Round-robin packing: each job gets a mix of methods, so slow methods do not pile up in one job.
     n_jobs = -(-len(todo) // max(1, cells_per_job))
     chunks = [todo[i::n_jobs] for i in range(n_jobs)]
@@ -126,8 +140,10 @@ def dispatch(
                 CellOutcome(c.run_id(), c.benchmark, c.method, c.seed, "failed", f"job {job.job_id} died: {exc}")
                 for c in chunk
             ]
+        labels = {c.run_id(): f" [{setting_of(c)}]" for c in chunk} if setting_of else {}
         for r in results:
-            log(f"  [{r.status}] {r.benchmark} × {r.method} × seed {r.seed}" + (f": {r.message}" if r.status == "failed" else ""))
+            log(f"  [{r.status}] {r.benchmark} × {r.method}{labels.get(r.run_id, '')} × seed {r.seed}"
+                + (f": {r.message}" if r.status == "failed" else ""))
         outcomes.extend(results)
         bar.finished([r.status for r in results])
 

@@ -8,6 +8,7 @@
     overrides: {train.epochs: 5}                 # every cell
     method_overrides: {joint: {train.epochs: 5}} # cells of one method
     tune: true                   # hold out a validation split (selection in sweep reports)
+    refit: true                  # retrain the selected settings on all training data (default; sweeps only)
     sweep: {train.lr_lora: [5e-4, 1e-3]}         # cartesian product per method (harness/dispatch/sweep.py)
     method_sweep: {pm: {method.epsilon: [0.25, 0.5]}}
 """
@@ -38,6 +39,9 @@ class GridSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune: bool = False
+    # with tune and a sweep: retrain each selected setting on all training data for the main table
+    # (harness/report/selection.py); false: report the tuning runs (90 % of the data)
+    refit: bool = True
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     method_sweep: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     file: str = ""

@@ -41,14 +41,19 @@ def overrides_in_force(cell: RunConfig) -> dict[str, Any]:
 
 
 def cell_states(cells: list[RunConfig], root: Path | None = None, run_ids: list[str] | None = None) -> dict[str, str]:
-    """run_id → done | failed | to run, from the run directories (no queue is asked). `run_ids`: the cells' run ids
-    where the caller has them (hashing a config is most of this loop's cost on a large grid)."""
-    from harness.store import is_complete, run_dir
+    """run_id → done | stale (finished, its code changed since) | failed | to run, from the run directories (no queue
+    is asked). `run_ids`: the cells' run ids where the caller has them (hashing a config is most of this loop's cost
+    on a large grid)."""
+    from harness.store import load_result, result_stale_reason, run_dir
 
     out = {}
     for c, rid in zip(cells, run_ids or [c.run_id() for c in cells]):
         d = run_dir(c, root, rid)
-        out[rid] = "done" if is_complete(d) else ("failed" if (d / "error.json").exists() else "to run")
+        result = load_result(c, root, rid)
+        if result is not None:
+            out[rid] = "stale" if result_stale_reason(result) else "done"
+        else:
+            out[rid] = "failed" if (d / "error.json").exists() else "to run"
     return out
 
 
@@ -56,8 +61,10 @@ def _fmt(ov: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in ov.items()) or "–"
 
 
-def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=None, root: Path | None = None) -> str:
-    """The plan as text: a table, the overrides common to every cell, blocked rows and what to prepare."""
+def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=None, root: Path | None = None,
+           rerun_stale: bool = False, setting_of=None) -> str:
+    """The plan as text: a table, the overrides common to every cell, blocked rows and what to prepare. Stale cells
+    count as to run with `rerun_stale`. `setting_of(cell)` (a sweep's setting label) splits rows per sweep setting."""
     import pandas as pd
 
     from harness.core.markdown import markdown_table
@@ -65,20 +72,23 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
     rids = [c.run_id() for c in cells]
     rid_of = {id(c): rid for c, rid in zip(cells, rids)}
     states = cell_states(cells, root, rids)
+    if rerun_stale:
+        states = {k: "to run" if v == "stale" else v for k, v in states.items()}
     blocked = {c.run_id() for c in readiness.unready}
     rows, per_key = [], {}
     for c in cells:
-        per_key.setdefault((c.benchmark, c.method), []).append(c)
+        per_key.setdefault((c.benchmark, c.method, setting_of(c) if setting_of else ""), []).append(c)
     overrides = {key: overrides_in_force(group[0]) for key, group in per_key.items()}
     sets = [{(k, repr(v)) for k, v in o.items()} for o in overrides.values()]
     common_keys = set.intersection(*sets) if sets else set()
     first = next(iter(overrides.values()), {})
     common = {k: first[k] for k, _ in sorted(common_keys)}
-    for (bench, method), group in per_key.items():
+    for (bench, method, setting), group in per_key.items():
         st = [states[rid_of[id(c)]] for c in group]
-        extra = {k: v for k, v in overrides[(bench, method)].items() if (k, repr(v)) not in common_keys}
+        extra = {k: v for k, v in overrides[(bench, method, setting)].items() if (k, repr(v)) not in common_keys}
         rows.append({
-            "benchmark": bench, "method": method, "to run": st.count("to run"), "done": st.count("done"),
+            "benchmark": bench, "method": method, **({"setting": setting} if setting_of else {}),
+            "to run": st.count("to run"), "done": st.count("done"), "stale": st.count("stale"),
             "failed": st.count("failed"), "inputs": "ready" if not blocked & {rid_of[id(c)] for c in group} else "MISSING",
             "benchmark data": readiness.prepared.get(bench, "?"),
             "epochs": "/".join(sorted({f"{c.train.epochs}" + (f"×{c.train.epoch_repeats}" if c.train.epoch_repeats > 1 else "")
@@ -86,9 +96,14 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
             "overrides beyond the benchmark's protocol": _fmt(extra),
         })
     frame = pd.DataFrame(rows)
+    if len(frame) and not frame["stale"].any():
+        frame = frame.drop(columns="stale")  # the column only when some cell is stale
     todo = int(frame["to run"].sum()) if len(frame) else 0
+    stale = int(frame["stale"].sum()) if "stale" in frame else 0
     out = [f"plan for {name}: {len(cells)} cells — {todo} to run, "
-           f"{int(frame['done'].sum()) if len(frame) else 0} done, {int(frame['failed'].sum()) if len(frame) else 0} failed"
+           f"{int(frame['done'].sum()) if len(frame) else 0} done, "
+           + (f"{stale} stale (finished, but their code changed since; kept, rerun with --rerun-stale), " if stale else "")
+           + f"{int(frame['failed'].sum()) if len(frame) else 0} failed"
            f" (failed cells rerun with --retry-failed); {len(readiness.unready)} blocked by missing inputs", ""]
     if len(frame):
         out.append(markdown_table(frame))

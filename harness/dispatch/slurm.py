@@ -146,13 +146,14 @@ def pack_cells(cells: list[RunConfig], per_element: int) -> list[list[RunConfig]
     return [cells[i : i + per_element] for i in range(0, len(cells), per_element)]
 
 
-def _cells_to_submit(statuses, retry_failed: bool, already: dict[str, str]) -> tuple[list[RunConfig], dict[str, str]]:
+def _cells_to_submit(statuses, retry_failed: bool, already: dict[str, str],
+                     rerun_stale: bool = False) -> tuple[list[RunConfig], dict[str, str]]:
     todo, skipped = [], {}
     for st in statuses:
         rid = st.cfg.run_id()
         if rid in already:  # this submitter's own earlier wave
             continue
-        if st.state == "failed" or (st.state == "todo" and not retry_failed):
+        if st.state == "failed" or (st.state == "todo" and not retry_failed) or (st.state == "stale" and rerun_stale):
             todo.append(st.cfg)
         elif st.state == "todo":
             skipped[rid] = "not failed (never submitted)"
@@ -172,6 +173,7 @@ def submit(
     limits: Limits | None = None,
     sleep: Callable[[float], None] = time.sleep,
     job: Callable[[list[dict], dict, str], list[dict]] | None = None,
+    rerun_stale: bool = False,  # also submit finished cells whose code changed since (harness/method/code_identity.py)
 ) -> Submission:
     """Submit the cells that are not finished and not already queued/running, as job arrays that fit the cluster.
 
@@ -189,7 +191,7 @@ def submit(
     first_wave = True
     while True:
         with ledger_lock(root):
-            todo, skipped = _cells_to_submit(cell_statuses(cells, root), retry_failed, out.job_ids)
+            todo, skipped = _cells_to_submit(cell_statuses(cells, root), retry_failed, out.job_ids, rerun_stale)
             if first_wave:
                 out.skipped, first_wave = skipped, False
             if not todo:
@@ -205,7 +207,7 @@ def submit(
             sizes = wave_sizes(len(elements), limits.array_cap(), room)
             for size in sizes:
                 part, elements = elements[:size], elements[size:]
-                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob())
+                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob(), rerun_stale)
             out.remaining = [c for e in elements for c in e]
         if not out.remaining:
             return out
@@ -220,11 +222,11 @@ def submit(
 
 def _submit_array(
     elements: list[list[RunConfig]], profile: SlurmProfile, root: Path, grid: str, out: Submission, limits: Limits,
-    log: Callable[[str], None], job: Callable,
+    log: Callable[[str], None], job: Callable, rerun_stale: bool = False,
 ) -> None:
     """One sbatch: `elements` as one array (one job if a single element), recorded in the ledger at once."""
     ex = make_executor(profile, slurm_dir(root) / "%j")
-    exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
+    exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False, rerun_stale=rerun_stale))
     n = len(elements)
     n_cells = sum(len(e) for e in elements)
     try:

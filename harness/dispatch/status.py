@@ -1,6 +1,8 @@
 """`clmerge status`: where every cell of a grid stands, whichever executor ran it.
 
     done     result.json is there (elapsed: the run's wall time)
+    stale    result.json is there but the code it recorded changed since (harness/method/code_identity.py): kept,
+             rerun with --rerun-stale
     running  its SLURM job runs, or some process holds the cell's .lock (e.g. a local run)
     pending  its SLURM job waits in the queue (also right after a requeue)
     failed   the run recorded an error, or its last job ended without a result (scancel, OOM, node failure,
@@ -19,9 +21,9 @@ from harness.config import RunConfig
 from harness.core.io import file_lock
 from harness.core.paths import results_dir
 from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_ledger
-from harness.store import load_result, run_dir
+from harness.store import load_result, result_stale_reason, run_dir
 
-STATES = ("done", "running", "pending", "failed", "todo", "unknown")
+STATES = ("done", "stale", "running", "pending", "failed", "todo", "unknown")
 
 
 @dataclass
@@ -86,7 +88,8 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
                 wall = results[rid]["timings"]["wall_seconds"]
             except (KeyError, TypeError):
                 wall = 0.0
-            out.append(CellStatus(c, "done", jid, _seconds(wall), run_id=rid))
+            why = result_stale_reason(results[rid])
+            out.append(CellStatus(c, "stale" if why else "done", jid, _seconds(wall), why, run_id=rid))
             continue
         active = [(e["job_id"], states[e["job_id"]]) for e in es if e["job_id"] in states and states[e["job_id"]].active]
         if active:
@@ -125,13 +128,18 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
     return out
 
 
-def format_statuses(statuses: list[CellStatus]) -> str:
-    """A table, one line per cell, then the log tail of each failed cell, then counts."""
-    lines = [f"{'state':<8} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {'seed':>4}  run"]
-    for s in statuses:
+def format_statuses(statuses: list[CellStatus], setting_of=None) -> str:
+    """A table, one line per cell (with its sweep setting when `setting_of` labels cells), then the log tail of each
+    failed cell, then counts."""
+    labels = [setting_of(s.cfg) for s in statuses] if setting_of else []
+    width = max([len("setting"), *map(len, labels)])
+    head = f"{'setting':<{width}}  " if setting_of else ""
+    lines = [f"{'state':<8} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {head}{'seed':>4}  run"]
+    for i, s in enumerate(statuses):
         c = s.cfg
+        setting = f"{labels[i]:<{width}}  " if setting_of else ""
         lines.append(
-            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {s.run_id}"
+            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {setting}{c.seed:>4}  {s.run_id}"
             + (f"  {s.detail}" if s.detail and s.state != "failed" else "")
         )
     for s in statuses:

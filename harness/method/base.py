@@ -77,6 +77,9 @@ class Method:
     # another is refused with `scenario_note`, which says why
     scenarios: ClassVar[tuple[str, ...]] = ("class-il", "domain-il")
     scenario_note: ClassVar[str] = ""
+    # True: the method draws random numbers of its own (e.g. DARE's masks) from generators seeded by the run seed
+    # (`generator(self.seed, ...)`, `task_seed`); tests/test_contract_resume.py checks the declaration both ways
+    draws_random: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params = params

@@ -7,7 +7,12 @@ newcomer sees "18 of 18 rows reproduced" — or exactly which rows differ — in
 The reference stores every cell (run id, seed, unrounded metrics) and the environment that produced it. A row is
 compared only when the rerun's cells are the reference's cells (same run ids, i.e. the same resolved configs): a
 changed default or method makes the reference *stale*, which is reported (and fails CI) until the reference is
-regenerated with `clmerge reproduce GRID --update-reference`.
+regenerated with `clmerge reproduce GRID --update-reference`. A benchmark × method the reference does not hold (a
+method added since) is reported `new (not in reference)` and does not fail: adding a method keeps CI green; a
+maintainer adds it with --update-reference.
+
+The reference is about numbers: it stores no code hash, so a rerun whose code changed (harness/method/code_identity.py)
+but whose numbers stay within the bound is reproduced — that is the point of rerunning it after a change.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from harness.report.verdicts import REPRODUCED, bound_of, delta_text, verdict
 
 JUDGED = (("a_last", "A_last"), ("a_avg", "A_avg"))  # metrics with a verdict; the rest are shown in the report only
 STALE = "stale reference"
-MISSING = "not in reference"
+MISSING = "new (not in reference)"  # a method added after the reference: shown, never a failure
 NOT_RUN = "not run"
 PARTIAL = "partial"  # fewer cells finished than the grid has: Δ over the finished seeds only, no verdict
 
@@ -122,15 +127,21 @@ def render(rows: list[RowVerdict], reference: dict, grid: str) -> str:
         ident = f"{r.identical_cells}/{r.n}" if r.deltas else "–"
         lines.append(f"| {r.benchmark} | {r.method} | {d[0]} | {d[1]} | {b} | {ident} | {r.verdict} |")
     ok = sum(r.verdict == REPRODUCED for r in rows)
+    judged = [r for r in rows if r.verdict != MISSING]
     cells = sum(r.n for r in rows if r.verdict == REPRODUCED)
     ident = sum(r.identical_cells for r in rows)
     total = sum(r.n_ref for r in rows)
     env = reference.get("environment", {})
-    lines += ["", f"{ok} of {len(rows)} rows reproduced ({cells} of {total} cells in reproduced rows; {ident} cells "
+    lines += ["", f"{ok} of {len(judged)} rows reproduced ({cells} of {total} cells in reproduced rows; {ident} cells "
                   f"bit-identical to the reference). Rule: Δ = ours − reference (mean over seeds, %), reproduced iff "
                   f"|Δ| ≤ max(1 pp, 2·√(σ_ours²/n_ours + σ_ref²/n_ref)) for A_last and A_avg. Reference made by "
                   f"`{reference.get('command', '?')}` on {env.get('cpu', '?')} (torch {env.get('packages', {}).get('torch', '?')}, "
                   f"{env.get('torch_threads', '?')} thread(s) per cell)."]
+    new = [r.method for r in rows if r.verdict == MISSING]
+    if new:
+        lines.append(f"New rows ({', '.join(dict.fromkeys(new))}): not in the reference, so not judged (not a failure). "
+                     f"To add them, rerun the whole grid and write the reference: `clmerge reproduce {grid} "
+                     "--update-reference`, then commit it with the README table (docs/adding-a-method.md).")
     if any(r.verdict == STALE for r in rows):
         lines.append(f"Stale rows: the cells' configs (run ids) are not the reference's — a default or method changed. "
                      f"Regenerate it with `clmerge reproduce {grid} --update-reference` and commit it.")
@@ -138,5 +149,6 @@ def render(rows: list[RowVerdict], reference: dict, grid: str) -> str:
 
 
 def all_reproduced(rows: list[RowVerdict]) -> bool:
-    return all(r.verdict == REPRODUCED for r in rows)
+    """Every row reproduced, new rows (not in the reference) aside."""
+    return all(r.verdict in (REPRODUCED, MISSING) for r in rows)
 

@@ -18,7 +18,7 @@ from harness.core.io import atomic_write_text
 from harness.core.paths import results_dir
 from harness.math.metrics import mean_std
 from harness.report.table_plots import plot
-from harness.store import load_result
+from harness.store import load_result, result_stale_reason
 
 COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"), ("task_aware_a_last", "Task-aware A_last")]
 DEFINITION = (
@@ -39,6 +39,7 @@ def collect(cells: list[RunConfig], root: Path | None = None):
         r = load_result(c, root, rid)
         row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": rid, "done": r is not None}
         row["error"] = "" if r is not None else first_error_line(c, root)
+        row["stale"] = result_stale_reason(r)  # its code changed since it ran ('' if current or not finished)
         if r is not None:
             m = r["metrics"]
             row.update({k: m.get(k) for k, _ in COLUMNS})
@@ -78,7 +79,8 @@ def aggregate(runs):
     for (bench, method), g in runs.groupby(["benchmark", "method"], sort=False):
         done = g[g["done"]]
         row = {"benchmark": bench, "method": method, "n": int(len(done)), "cells": int(len(g)),
-               "failed": int((g["error"] != "").sum()) if "error" in g else 0}
+               "failed": int((g["error"] != "").sum()) if "error" in g else 0,
+               "stale": int((done["stale"] != "").sum()) if "stale" in done else 0}
         notes = [x for x in done.get("reconstruction", []) if isinstance(x, str) and x]
         row["reconstruction"] = notes[0] if notes else ""
         for key, _ in COLUMNS:
@@ -102,6 +104,7 @@ def markdown(agg, title: str) -> str:
         vals = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS)
         n = f"{r['n']}" if r["n"] == r["cells"] else f"{r['n']}/{r['cells']}"
         n += f" ({r['failed']} failed)" if r.get("failed") else ""
+        n += f" ({r['stale']} stale)" if r.get("stale") else ""
         gn = r.get("grad_norm_start_mean", math.nan)
         gn = "–" if math.isnan(gn) else f"{gn:.3g}"
         mark = RECON_MARK if r.get("reconstruction") else ""
@@ -126,6 +129,16 @@ def reconstruction_notes(agg) -> list[str]:
     return out
 
 
+def stale_lines(runs, name: str) -> list[str]:
+    """Markdown bullets for the finished cells whose code changed since they ran: counted, but flagged."""
+    if "stale" not in runs or not (runs["stale"] != "").any():
+        return []
+    bad = runs[runs["stale"] != ""]
+    out = ["**Stale cells** (counted above, but produced by code that has changed since; "
+           f"rerun them with `clmerge grid {name} --rerun-stale`)", ""]
+    return out + [f"- {r.benchmark} × {r.method} × seed {r.seed} (run {r.run_id}): {r.stale}" for r in bad.itertuples()] + [""]
+
+
 def failed_lines(runs, name: str) -> list[str]:
     """Markdown bullets for the cells whose run failed (first line of the error), and where to look."""
     if "error" not in runs or not (runs["error"] != "").any():
@@ -137,11 +150,13 @@ def failed_lines(runs, name: str) -> list[str]:
 
 
 def report(
-    name: str, cells: list[RunConfig], root: Path | None = None, grid=None, against: list[str] = ()
+    name: str, cells: list[RunConfig], root: Path | None = None, grid=None, against: list[str] = (),
+    focus: list[str] | None = None,
 ) -> tuple[str, dict[str, Path]]:
     """Write results/tables/<name>.md/.csv and results/plots/<name>.png; return the Markdown and the paths.
     A sweep grid's main table holds the settings selected on validation (harness/report/selection.py; the whole sweep in
-    <name>-sweep.csv/.png); `against` adds paired comparisons with those reference methods (harness/report/compare.py)."""
+    <name>-sweep.csv/.png); `against` adds paired comparisons with those reference methods (harness/report/compare.py),
+    of the `focus` methods only when given."""
     root = Path(root or results_dir())
     runs = collect(cells, root)
     title = f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished"
@@ -151,28 +166,34 @@ def report(
     if grid is not None and (grid.sweep or grid.method_sweep) and len(runs):
         from harness.report import selection
 
+        refit = bool(grid.tune and grid.refit)
+        tuning = [c for c in cells if c.tune or not grid.tune]
+        if refit:  # the refit cells of the settled selections, whether or not `cells` holds them
+            cells = tuning + selection.refit_cells(grid, tuning, collect(tuning, root))
+            runs = collect(cells, root)
+            title = f"{name}: {int(runs['done'].sum())} of {len(runs)} cells finished"
         runs = selection.annotate(runs, cells, grid)
         table = selection.sweep_table(runs)
         chosen = selection.select(table)
-        runs = selection.selected_runs(runs, chosen)
-        extra += "\n" + selection.markdown(table, chosen)
+        runs = selection.selected_runs(runs, chosen, refit=refit)
+        extra += "\n" + selection.markdown(table, chosen, refit=refit)
         paths["sweep_csv"] = root / "tables" / f"{name}-sweep.csv"
         atomic_write_text(paths["sweep_csv"], table.to_csv(index=False))
         if len(chosen):
             paths["sweep_plot"] = root / "plots" / f"{name}-sweep.png"
             selection.plot(table, chosen, paths["sweep_plot"], name)
-        title += "; main table: the settings selected on validation"
+        title += "; main table: the settings selected on validation" + (", retrained on all training data" if refit else "")
     if against and len(runs):
         from harness.report.compare import section
 
-        text, _ = section(runs, list(against))
+        text, _ = section(runs, list(against), focus)  # focus: `compare --method`, its rows only
         extra += "\n" + text
     agg = aggregate(runs)
     from harness.report.table_plots import plot_heatmap
     from harness.report.table_render import aggregate_latex
 
     md = markdown(agg, title) + extra
-    md += "\n".join(failed_lines(runs, name))
+    md += "\n".join(stale_lines(runs, name) + failed_lines(runs, name))
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], agg.to_csv(index=False))
     atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS))

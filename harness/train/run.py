@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.config import ExecConfig, RunConfig
 from harness.core.io import atomic_write_json, file_lock
 from harness.core.paths import results_dir
-from harness.store import RESULT, is_complete, run_dir
+from harness.store import RESULT, is_complete, run_dir, stale_reason
 
 
 @dataclass
@@ -49,8 +49,20 @@ def log_event(d: Path, message: str) -> None:
         fh.write(line)
 
 
+def _finished(d: Path, exec_cfg: ExecConfig) -> Outcome | None:
+    """The outcome of a finished cell that is not run again: skipped, saying so when its code is stale; None when it
+    must run (not finished, or stale with `exec_cfg.rerun_stale`)."""
+    if not is_complete(d):
+        return None
+    stale = stale_reason(d)
+    if stale and exec_cfg.rerun_stale:
+        return None
+    return Outcome("skipped", str(d), "already finished" + (f"; STALE, {stale} (rerun with --rerun-stale)" if stale else ""))
+
+
 def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, force: bool = False) -> Outcome:
-    """Run `cfg` unless it already finished (or `force`). Raises on failure after writing error.json."""
+    """Run `cfg` unless it already finished (or `force`, or its code is stale and `exec_cfg.rerun_stale`). Raises on
+    failure after writing error.json."""
     import torch
 
     from harness.core.envinfo import environment
@@ -59,24 +71,29 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
     from harness.train.tracking import open_tracker
     from harness.train.trainer import run_tasks
 
+    from harness.method.code_identity import code_identity
+
     d = run_dir(cfg, root)
-    if is_complete(d) and not force:
-        return Outcome("skipped", str(d), "already finished")
+    if not force and (kept := _finished(d, exec_cfg)) is not None:
+        return kept
     with file_lock(d / ".lock", blocking=False) as got:
         if not got:
             log_event(d, "busy: locked by another process; not run here")
             return Outcome("busy", str(d), "running in another process")
-        if force:
+        if not force and (kept := _finished(d, exec_cfg)) is not None:  # finished while we waited for the lock
+            return kept
+        if force or is_complete(d):  # forced, or a stale result rerun: start from scratch
+            if is_complete(d):
+                log_event(d, "rerun: " + ("--force" if force else stale_reason(d)))
             for name in (RESULT, *CHECKPOINTS, "error.json"):
                 (d / name).unlink(missing_ok=True)
-        elif is_complete(d):  # finished while we waited for the lock
-            return Outcome("skipped", str(d), "already finished")
         atomic_write_json(d / "config.json", {"run_id": cfg.run_id(), "config": cfg.to_dict()})
         if exec_cfg.threads:
             torch.set_num_threads(exec_cfg.threads)
         start = time.time()
         log_event(d, "start")
         try:
+            code = code_identity(cfg.method)  # before training: the code the run starts with
             s = build(cfg, exec_cfg)
             s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
             state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
@@ -99,6 +116,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 "grad_norms": state.grad_norms,  # first steps of each task (harness/train/trainer.py GRAD_NORM_STEPS)
                 "timings": {"task_seconds": state.task_seconds, "wall_seconds": time.time() - start},
                 "env": environment(s.device),
+                "code": code,  # not part of the run id: a code change makes the result stale, not a new cell
             }
             if s.head_record is not None:  # head: pretraining-probe
                 result["head"] = s.head_record
