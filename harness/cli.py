@@ -507,13 +507,34 @@ def main(argv: list[str] | None = None) -> int:
     from harness.core.errors import ConfigError, TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    if args.results:
-        os.environ["CLMERGE_RESULTS"] = os.path.abspath(args.results)
     try:
+        if args.results:
+            os.environ["CLMERGE_RESULTS"] = _results_option(args.results, "--results")
+        elif os.environ.get("CLMERGE_RESULTS"):
+            _results_option(os.environ["CLMERGE_RESULTS"], "CLMERGE_RESULTS")
         return args.fn(args)
     except (ConfigError, TrainingDiverged) as exc:
         print(f"clmerge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: each interrupted cell recorded itself as `interrupted` (harness/train/run.py) and keeps its
+        # checkpoints; finished cells are untouched. 130 = 128 + SIGINT, the shell's convention.
+        print("\nclmerge: interrupted (Ctrl-C). Finished cells are kept; interrupted cells resume from their last "
+              "checkpoint when the same command is run again.", file=sys.stderr)
+        return 130
+
+
+def _results_option(path: str, option: str) -> str:
+    """`--results DIR` (or $CLMERGE_RESULTS): an existing directory or a path that can become one (not a file)."""
+    full = os.path.abspath(path)
+    probe = full
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == full else f"is under the file {probe}"
+        raise ConfigError(f"{option} {path}: {what}, not a directory; give a directory (it is created if missing), "
+                          "e.g. --results ./results")
+    return full
 
 
 if __name__ == "__main__":

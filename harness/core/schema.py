@@ -112,10 +112,14 @@ def load_yaml(cls: type[T], path: Path) -> T:
     """Read a YAML file into dataclass `cls` (which has a `file` field, set to the path), validated."""
     import yaml
 
+    if Path(path).is_dir():
+        raise ConfigError(f"{path} is a directory; give a YAML file (e.g. {Path(path) / 'NAME.yaml'}) or a name")
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a YAML file ({exc})") from exc
     if isinstance(data, dict):
         data.setdefault("file", str(path))
     return from_dict(cls, data, str(path))

@@ -41,13 +41,21 @@ def overrides_in_force(cell: RunConfig) -> dict[str, Any]:
 
 
 def cell_states(cells: list[RunConfig], root: Path | None = None) -> dict[str, str]:
-    """run_id → done | failed | to run, from the run directories (no queue is asked)."""
-    from harness.store import is_complete, run_dir
+    """run_id → done | failed | interrupted | mismatch | to run, from the run directories (no queue is asked).
+    Every state but done is run by the next `grid`/`reproduce` (dispatch runs each cell without its own result)."""
+    from harness.store import INTERRUPTED, is_complete, is_finished, run_dir
 
     out = {}
     for c in cells:
         d = run_dir(c, root)
-        out[c.run_id()] = "done" if is_complete(d) else ("failed" if (d / "error.json").exists() else "to run")
+        if is_finished(d, c.run_id()):
+            out[c.run_id()] = "done"
+        elif is_complete(d):
+            out[c.run_id()] = "mismatch"
+        elif (d / INTERRUPTED).exists():
+            out[c.run_id()] = "interrupted"
+        else:
+            out[c.run_id()] = "failed" if (d / "error.json").exists() else "to run"
     return out
 
 
@@ -75,20 +83,24 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
         st = [states[c.run_id()] for c in group]
         extra = {k: v for k, v in overrides[(bench, method)].items() if (k, repr(v)) not in common_keys}
         rows.append({
-            "benchmark": bench, "method": method, "to run": st.count("to run"), "done": st.count("done"),
-            "failed": st.count("failed"), "inputs": "ready" if not blocked & {c.run_id() for c in group} else "MISSING",
+            "benchmark": bench, "method": method, "to run": len(st) - st.count("done"), "done": st.count("done"),
+            "failed": st.count("failed"), "interrupted": st.count("interrupted"), "mismatch": st.count("mismatch"),
+            "inputs": "ready" if not blocked & {c.run_id() for c in group} else "MISSING",
             "benchmark data": readiness.prepared.get(bench, "?"),
             "epochs": "/".join(sorted({f"{c.train.epochs}" + (f"×{c.train.epoch_repeats}" if c.train.epoch_repeats > 1 else "")
                                        for c in group})),
             "overrides beyond the benchmark's protocol": _fmt(extra),
         })
     frame = pd.DataFrame(rows)
-    todo = int(frame["to run"].sum()) if len(frame) else 0
-    out = [f"plan for {name}: {len(cells)} cells — {todo} to run, "
-           f"{int(frame['done'].sum()) if len(frame) else 0} done, {int(frame['failed'].sum()) if len(frame) else 0} failed"
-           f" (failed cells rerun with --retry-failed); {len(readiness.unready)} blocked by missing inputs", ""]
+    total = {k: int(frame[k].sum()) if len(frame) else 0 for k in ("to run", "done", "failed", "interrupted", "mismatch")}
+    rerun = [f"{total[k]} {k}" for k in ("failed", "interrupted", "mismatch") if total[k]]
+    which = (f" (including {', '.join(rerun)}: this command reruns them; --retry-failed runs only the failed)"
+             if rerun else "")
+    out = [f"plan for {name}: {len(cells)} cells — {total['to run']} to run{which}, {total['done']} done; "
+           f"{len(readiness.unready)} blocked by missing inputs", ""]
     if len(frame):
-        out.append(markdown_table(frame))
+        shown = frame.drop(columns=[k for k in ("interrupted", "mismatch") if not total[k]])
+        out.append(markdown_table(shown))
     if common:
         out += ["", "overrides in every cell: " + _fmt(common)]
     if resolved is not None and resolved.spec.grid is None:

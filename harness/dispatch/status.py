@@ -5,6 +5,8 @@
     pending  its SLURM job waits in the queue (also right after a requeue)
     failed   the run recorded an error, or its last job ended without a result (scancel, OOM, node failure,
              time limit): the last lines of the job's log say why
+    interrupted  the last attempt was stopped by Ctrl-C: resumable from its checkpoints, not a failure
+    mismatch its result.json is not this cell's (other run id or config): not done; the next run replaces it
     todo     never submitted
     unknown  SLURM could not be asked (the job may still run)
 """
@@ -19,9 +21,9 @@ from harness.config import RunConfig
 from harness.core.io import file_lock, read_json
 from harness.core.paths import results_dir
 from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_ledger
-from harness.store import is_complete, run_dir
+from harness.store import INTERRUPTED, is_complete, result_mismatch, run_dir
 
-STATES = ("done", "running", "pending", "failed", "todo", "unknown")
+STATES = ("done", "running", "pending", "failed", "interrupted", "mismatch", "todo", "unknown")
 
 
 @dataclass
@@ -72,7 +74,8 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
         d, es = run_dir(c, root), entries[c.run_id()]
         last = es[-1] if es else None
         jid = last["job_id"] if last else ""
-        if is_complete(d):
+        mismatch = result_mismatch(d, c.run_id()) if is_complete(d) else ""
+        if is_complete(d) and not mismatch:
             try:
                 wall = read_json(d / "result.json")["timings"]["wall_seconds"]
             except (KeyError, ValueError, OSError):
@@ -91,6 +94,12 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
             continue
         if es and queue_error:
             out.append(CellStatus(c, "unknown", jid, detail=queue_error))
+            continue
+        if mismatch:
+            out.append(CellStatus(c, "mismatch", jid, detail=f"{mismatch}; running the grid again replaces it"))
+            continue
+        if (d / INTERRUPTED).exists():
+            out.append(CellStatus(c, "interrupted", jid, detail="stopped by Ctrl-C; running the grid again resumes it"))
             continue
         err = d / "error.json"
         if last is None and not err.exists():
@@ -118,11 +127,11 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
 
 def format_statuses(statuses: list[CellStatus]) -> str:
     """A table, one line per cell, then the log tail of each failed cell, then counts."""
-    lines = [f"{'state':<8} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {'seed':>4}  run"]
+    lines = [f"{'state':<11} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {'seed':>4}  run"]
     for s in statuses:
         c = s.cfg
         lines.append(
-            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {c.run_id()}"
+            f"{s.state:<11} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {c.run_id()}"
             + (f"  {s.detail}" if s.detail and s.state != "failed" else "")
         )
     for s in statuses:

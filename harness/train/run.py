@@ -19,12 +19,12 @@ from pathlib import Path
 from harness.config import ExecConfig, RunConfig
 from harness.core.io import atomic_write_json, file_lock
 from harness.core.paths import results_dir
-from harness.store import RESULT, is_complete, run_dir
+from harness.store import INTERRUPTED, RESULT, is_finished, run_dir
 
 
 @dataclass
 class Outcome:
-    status: str  # done | skipped | busy | failed
+    status: str  # done | skipped | busy | failed | interrupted
     run_dir: str
     message: str = ""
 
@@ -57,29 +57,31 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
     from harness.data.validation import validation_result
     from harness.math import metrics
     from harness.train.setup import build
-    from harness.train.tracking import open_tracker
+    from harness.train.tracking import NULL_TRACKER, open_tracker
     from harness.train.trainer import run_tasks
 
     d = run_dir(cfg, root)
-    if is_complete(d) and not force:
+    if is_finished(d, cfg.run_id()) and not force:
         return Outcome("skipped", str(d), "already finished")
     with file_lock(d / ".lock", blocking=False) as got:
         if not got:
             log_event(d, "busy: locked by another process; not run here")
             return Outcome("busy", str(d), "running in another process")
         if force:
-            for name in (RESULT, *CHECKPOINTS, "error.json"):
+            for name in (RESULT, *CHECKPOINTS, "error.json", INTERRUPTED):
                 (d / name).unlink(missing_ok=True)
-        elif is_complete(d):  # finished while we waited for the lock
+        elif is_finished(d, cfg.run_id()):  # finished while we waited for the lock
             return Outcome("skipped", str(d), "already finished")
         atomic_write_json(d / "config.json", {"run_id": cfg.run_id(), "config": cfg.to_dict()})
+        (d / INTERRUPTED).unlink(missing_ok=True)  # this attempt supersedes an earlier interruption
         if exec_cfg.threads:
             torch.set_num_threads(exec_cfg.threads)
         start = time.time()
         log_event(d, "start")
+        tracker = NULL_TRACKER
         try:
             s = build(cfg, exec_cfg)
-            s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
+            tracker = s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
             state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
             n = [len(t.test_indices) for t in s.stream.tasks]
             result = {
@@ -103,11 +105,16 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
             if s.val_stream is not None:  # tune=true only: untuned results keep their exact content
                 result["validation"] = validation_result(s.val_record, state.val_acc)
             s.tracker.finish(result)
-            s.tracker.close()
         except SystemExit:
             # submitit's pre-timeout/preemption handler requeued the job and exits: not a failure; the next start
             # resumes from the checkpoints.
             log_event(d, "interrupted: job requeued")
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C is the user stopping the run, not the run failing: recorded as `interrupted` (resumable from
+            # the checkpoints kept here; `status` does not count it as failed).
+            log_event(d, "interrupted: KeyboardInterrupt (Ctrl-C); the next run resumes from the checkpoints")
+            mark_interrupted(d, cfg.run_id())
             raise
         except BaseException as exc:
             log_event(d, f"failed: {type(exc).__name__}: {exc}")
@@ -116,11 +123,21 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 {"run_id": cfg.run_id(), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
             )
             raise
+        finally:
+            tracker.close()  # also after a failure or Ctrl-C: never leave a tracked run open
         atomic_write_json(d / RESULT, result)
         log_event(d, "done")
-        for name in (*CHECKPOINTS, "error.json"):
+        for name in (*CHECKPOINTS, "error.json", INTERRUPTED):
             (d / name).unlink(missing_ok=True)
     return Outcome("done", str(d))
+
+
+def mark_interrupted(d: Path, run_id: str) -> None:
+    """Record a Ctrl-C: `interrupted.json` (read by `status`); a failure recorded by an earlier attempt is superseded
+    (events.log keeps the history)."""
+    atomic_write_json(d / INTERRUPTED, {"run_id": run_id, "reason": "KeyboardInterrupt (Ctrl-C)",
+                                        "at": datetime.datetime.now().isoformat(timespec="seconds")})
+    (d / "error.json").unlink(missing_ok=True)
 
 
 def clear(cfg: RunConfig, root: Path | None = None) -> None:
