@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -47,7 +48,7 @@ def cmd_list(args) -> int:
             spec = load_spec(name)
             state = ""
             if spec.source.kind == "images":
-                state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(name) else "not prepared]")
+                state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(spec) else "not prepared]")
             print(f"{name:<18} {spec.description}{state}")
     elif args.what == "protocols":
         from harness.data.protocol import available_protocols, load_protocol
@@ -244,11 +245,11 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     if reasons:
         print("not submitted: " + ", ".join(f"{n} {k}" for k, n in reasons.items()))
     where = args.file if hasattr(args, "file") else args.table
-    results_opt = f"--results {os.environ['CLMERGE_RESULTS']} " if os.environ.get("CLMERGE_RESULTS") else ""
+    results_opt = f"--results {shlex.quote(os.environ['CLMERGE_RESULTS'])} " if os.environ.get("CLMERGE_RESULTS") else ""
     if not args.wait:
         print(f"watch with:  clmerge {results_opt}status {where}\n"
-              f"then:        clmerge {results_opt}report {where}   (failed cells: clmerge grid {where} --executor slurm "
-              f"--profile {args.profile} --retry-failed)")
+              f"then:        clmerge {results_opt}report {where}   (failed cells: clmerge {results_opt}grid {where} "
+              f"--executor slurm --profile {args.profile} --retry-failed)")
         return 0
     statuses = wait(cells)
     failed = [s for s in statuses if s.state != "done"]
@@ -337,7 +338,7 @@ def cmd_stream(args) -> int:
     overrides = {"protocol": args.protocol} if args.protocol else {}
     cfg = resolve(args.benchmark, "seq-lora", order_seed=args.order_seed, overrides=overrides, where="stream")
     spec = run_spec(cfg)
-    prepared = spec.source.kind != "images" or is_prepared(spec.name)
+    prepared = spec.source.kind != "images" or is_prepared(spec)
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]

@@ -44,6 +44,9 @@ class SourceSpec:
     class_pattern: str | None = None  # regex every class name must match (e.g. wnids: ^n\d{8}$)
     class_names: list[str] | None = None  # the expected class names, when known (sorted = class ids)
     storage_size: int = 256  # images stored as S×S: shorter side resized to S, centre crop
+    # name of the prepared cache, shared by benchmarks that differ only in their task split (imagenet-r-5/10/20 are
+    # decoded once); default: the benchmark's name. Sharing specs must agree on source, classes and held-out split.
+    cache: str | None = None
 
     def validate(self, where: str) -> None:
         if self.kind not in SOURCE_KINDS:
