@@ -74,13 +74,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.config import ExecConfig, parse_set
+    from harness.config import ExecConfig, check_seed, parse_set
     from harness.resolve import resolve
     from harness.train.run import execute
 
     from harness.dispatch import preflight
     from harness.train.tracking import check_backend
 
+    check_seed(args.seed, "--seed")
+    check_seed(args.order_seed, "--order-seed", optional=True)
     cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
     check_backend(args.log)
     readiness = preflight.check([cfg])
@@ -105,6 +107,10 @@ def _target(name_or_file: str, seeds: int | None = None, against: str = ""):
         from harness.dispatch.grid import expand, load_grid
 
         grid = load_grid(name_or_file)
+        if seeds is not None:
+            raise ConfigError(f"--seeds {seeds}: {name_or_file} is a grid, which runs the seeds its file lists "
+                              f"(seeds: {grid.seeds} in {grid.file}); --seeds is for published tables. Edit the "
+                              "grid's seeds (or a copy of it) instead")
         return grid.name, expand(grid), lambda: _print_report(grid.name, expand(grid), grid, _methods_arg(against))
     from harness.report.leaderboard import available_tables, table_cells, write_report
 
@@ -290,8 +296,9 @@ def cmd_compare(args) -> int:
     against = _methods_arg(args.against)
     if not against:
         raise ConfigError("--against: give at least one reference method, e.g. --against seq-lora")
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.seeds < 2:
+        raise ConfigError(f"--seeds {args.seeds}: a paired comparison needs at least 2 seeds (one pair gives no "
+                          "interval and no test); use --seeds 3 (the default) or more")
     import yaml
 
     grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []))

@@ -44,9 +44,16 @@ class GridSpec:
     def validate(self, where: str) -> None:
         if isinstance(self.methods, str) and self.methods != "all":
             raise ConfigError(f"{where}.methods: give a list of method names or 'all', got {self.methods!r}")
-        for key, value in {"benchmarks": self.benchmarks, "seeds": self.seeds, "order_seeds": self.order_seeds}.items():
+        axes = {"benchmarks": self.benchmarks, "seeds": self.seeds, "order_seeds": self.order_seeds}
+        if isinstance(self.methods, list):
+            axes["methods"] = self.methods
+        for key, value in axes.items():
             if not value:
                 raise ConfigError(f"{where}.{key}: must not be empty")
+            repeated = sorted({repr(v) for v in value if value.count(v) > 1})
+            if repeated:  # [0, 0] would silently become one cell
+                raise ConfigError(f"{where}.{key}: {', '.join(repeated)} listed more than once; list each value once "
+                                  f"(for more seeds give more values, e.g. seeds: [0, 1, 2])")
 
     def method_list(self) -> list[str]:
         from harness.method.registry import method_names
@@ -58,6 +65,19 @@ class GridSpec:
             if m not in names:
                 raise unknown("method", m, names, f"{self.file}.methods")
         return list(self.methods)
+
+
+def check_grid_method(name: str, methods: list[str], where: str) -> None:
+    """A per-method section (method_overrides, method_sweep) must name one of the grid's methods; a registered method
+    left out of `methods:` is told apart from an unknown one."""
+    from harness.method.registry import method_names
+
+    if name in methods:
+        return
+    if name in method_names():
+        raise ConfigError(f"{where}.{name}: {name!r} is a registered method but not one of this grid's methods "
+                          f"({', '.join(methods)}); add it to `methods:` or remove its entry")
+    raise unknown("method", name, method_names(), where)
 
 
 def available_grids() -> list[str]:
@@ -77,8 +97,7 @@ def expand(grid: GridSpec) -> list[RunConfig]:
     """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
     for m in grid.method_overrides:
-        if m not in methods:
-            raise unknown("method in method_overrides", m, methods, grid.file)
+        check_grid_method(m, methods, f"{grid.file}.method_overrides")
     sweep.validate(grid, methods)
     tune = {"tune": True} if grid.tune else {}
     cells, seen = [], set()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from harness.core.errors import ConfigError, unknown
+from harness.core.errors import ConfigError
 
 AXES = ("seed", "order_seed", "tune")  # the grid's own axes and switch, never swept
 
@@ -47,12 +47,14 @@ def swept_keys(grid) -> list[str]:
 def validate(grid, methods: list[str]) -> None:
     """Refuse a bad sweep before any cell runs, naming the key (and method) at fault."""
     from harness.config import valid_override_keys
+    from harness.core.schema import field_names
     from harness.method.registry import get_method
     from harness.resolve import resolve
 
+    from harness.dispatch.grid import check_grid_method
+
     for m in grid.method_sweep:
-        if m not in methods:
-            raise unknown("method in method_sweep", m, methods, grid.file)
+        check_grid_method(m, methods, f"{grid.file}.method_sweep")
     where_of = {k: f"{grid.file}.sweep.{k}" for k in grid.sweep}
     for method in methods:
         valid = valid_override_keys(get_method(method).Params)
@@ -64,6 +66,8 @@ def validate(grid, methods: list[str]) -> None:
             if key not in valid:
                 hint = (" (a method's own key belongs in method_sweep: {METHOD: {...}})"
                         if key.startswith("method.") and key in grid.sweep else "")
+                if key.startswith("method.") and not field_names(get_method(method).Params):
+                    hint = f" (method {method!r} has no parameters: no method.* key applies to it)"
                 raise ConfigError(f"{where}: unknown key {key!r} for method {method!r}{hint}; valid keys: {', '.join(valid)}")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: give a non-empty list of values, got {values!r}")
