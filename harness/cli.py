@@ -137,12 +137,13 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     from harness.train.tracking import check_backend
 
     check_backend(args.log)
-    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against)
+    seeds = args.seeds if args.command == "reproduce" else None  # `compare --seeds` is its own (already applied)
+    name, cells, show_report = _target(name_or_file, seeds, args.against)
     if not cells:
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     readiness = preflight.check(cells)
     if args.dry_run:
-        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None))))
+        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, seeds)))
         return 0
     if not readiness.ok:
         if not args.skip_unready:

@@ -44,7 +44,7 @@ def resolve(
     for key, value in (overrides or {}).items():
         if key not in valid:
             if key.startswith("method.") and not field_names(method_cls.Params):
-                raise ConfigError(f"{where}: {key!r}: method {method_cls.name!r} has no parameters (no method.* key "
+                raise ConfigError(f"{where}: unknown key {key!r}: method {method_cls.name!r} has no parameters (no method.* key "
                                   f"applies to it); methods with parameters: {', '.join(methods_with_params())}")
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
         if key in TOP_LEVEL_KEYS:

@@ -47,7 +47,8 @@ def test_sweep_is_a_cartesian_product_per_method_and_content_addressed(tmp_path)
     ({"sweep": {"method.epsilon": [0.5]}}, "unknown key 'method.epsilon' for method 'seq-lora'"),
     ({"sweep": {"seed": [0, 1]}}, "'seed' is an axis"),
     ({"sweep": {"train.lr_lora": 1e-3}}, "sw.yaml.sweep.train.lr_lora: expected a list"),
-    ({"method_sweep": {"ties": {"method.lam": [0.4]}}}, "method in method_sweep"),
+    ({"method_sweep": {"ties": {"method.lam": [0.4]}}}, "method_sweep.ties: 'ties' is a registered method but not one of this grid's methods"),
+    ({"method_sweep": {"seq-lora": {"method.eps": [0.4]}}}, "(method 'seq-lora' has no parameters: no method.* key applies to it)"),
     ({"tune": False, "sweep": {"train.lr_lora": [5e-4, 1e-3]}}, "no `tune: true`"),
 ])
 def test_bad_sweeps_are_refused_naming_the_key(tmp_path, extra, message):
@@ -94,12 +95,12 @@ def test_selection_uses_validation_never_test():
 
 
 def test_compare_runs_the_missing_cells_and_prints_the_paired_table(results, capsys):
-    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "1",
+    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "2",
             "--executor", "debug"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 1 |" in out
-    assert main(args + ["--dry-run"]) == 0 and "2 cells — 0 to run, 2 done" in capsys.readouterr().out
+    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 2 |" in out
+    assert main(args + ["--dry-run"]) == 0 and "4 cells — 0 to run, 4 done" in capsys.readouterr().out
 
 
 def test_cell_progress_counts():
