@@ -91,6 +91,8 @@ def cmd_run(args) -> int:
         return 2
     outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
+    if args.log and outcome.status == "skipped":
+        print(_nothing_logged(1, args.log), file=sys.stderr)
     if outcome.status in ("done", "skipped"):
         from harness.core.io import read_json
 
@@ -171,6 +173,9 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     outcomes = dispatch(cells, executor=args.executor, max_parallel=args.max_parallel, cells_per_job=per_job,
                         track=args.log)
     wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
+    finished_before = sum(o.status == "skipped" for o in outcomes)
+    if args.log and finished_before:
+        print(_nothing_logged(finished_before, args.log), file=sys.stderr)
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
         show_report()
@@ -183,6 +188,11 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
             print(f"  {o.benchmark} × {o.method} × seed {o.seed} (run {o.run_id}): {o.message}", file=sys.stderr)
         return 1
     return differs
+
+
+def _nothing_logged(n: int, backend: str) -> str:
+    return (f"--log {backend}: {n} cell(s) had already finished and were not run, so nothing was logged for them "
+            "(tracking records a run as it trains); add --force to run them again with tracking")
 
 
 def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> int:

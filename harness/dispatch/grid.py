@@ -67,19 +67,6 @@ class GridSpec:
         return list(self.methods)
 
 
-def check_grid_method(name: str, methods: list[str], where: str) -> None:
-    """A per-method section (method_overrides, method_sweep) must name one of the grid's methods; a registered method
-    left out of `methods:` is told apart from an unknown one."""
-    from harness.method.registry import method_names
-
-    if name in methods:
-        return
-    if name in method_names():
-        raise ConfigError(f"{where}.{name}: {name!r} is a registered method but not one of this grid's methods "
-                          f"({', '.join(methods)}); add it to `methods:` or remove its entry")
-    raise unknown("method", name, method_names(), where)
-
-
 def available_grids() -> list[str]:
     return sorted(p.stem for p in grids_dir().glob("*.yaml"))
 
@@ -97,7 +84,7 @@ def expand(grid: GridSpec) -> list[RunConfig]:
     """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
     for m in grid.method_overrides:
-        check_grid_method(m, methods, f"{grid.file}.method_overrides")
+        sweep.check_grid_method(m, methods, f"{grid.file}.method_overrides")
     sweep.validate(grid, methods)
     tune = {"tune": True} if grid.tune else {}
     cells, seen = [], set()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, unknown
 
 AXES = ("seed", "order_seed", "tune")  # the grid's own axes and switch, never swept
 
@@ -44,14 +44,25 @@ def swept_keys(grid) -> list[str]:
     return keys
 
 
+def check_grid_method(name: str, methods: list[str], where: str) -> None:
+    """A per-method section (method_overrides, method_sweep) must name one of the grid's methods; a registered method
+    left out of `methods:` is told apart from an unknown one."""
+    from harness.method.registry import method_names
+
+    if name in methods:
+        return
+    if name in method_names():
+        raise ConfigError(f"{where}.{name}: {name!r} is a registered method but not one of this grid's methods "
+                          f"({', '.join(methods)}); add it to `methods:` or remove its entry")
+    raise unknown("method", name, method_names(), where)
+
+
 def validate(grid, methods: list[str]) -> None:
     """Refuse a bad sweep before any cell runs, naming the key (and method) at fault."""
     from harness.config import valid_override_keys
     from harness.core.schema import field_names
     from harness.method.registry import get_method
     from harness.resolve import resolve
-
-    from harness.dispatch.grid import check_grid_method
 
     for m in grid.method_sweep:
         check_grid_method(m, methods, f"{grid.file}.method_sweep")
