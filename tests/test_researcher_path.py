@@ -162,6 +162,9 @@ def test_ctrl_c_during_a_local_grid_stops_cleanly_and_the_rerun_finishes(tmp_pat
                                     "seeds": [0], "overrides": {"backbone.preset": "vit-micro-test", "train.epochs": 2}}))
     p = _interrupt_after_first_task(["grid", str(grid), "--max-parallel", "1"], root)
     assert p.returncode == 130 and "Traceback" not in p.stdout + p.stderr, p.stderr
+    logs = [f.read_text() for f in root.glob("jobs/*/*_log.*")]
+    assert logs and not any("Traceback" in text for text in logs)  # the job stopped cleanly too
+    assert any("[interrupted] split-digits-2x5 × seq-lora" in text for text in logs)
     status = _cli("status", str(grid), root=root)
     assert status.returncode == 0 and "1 interrupted, 1 todo — 2 cells" in status.stdout, status.stdout
     again = _cli("grid", str(grid), root=root)
