@@ -29,7 +29,7 @@ from harness.core.paths import project_root, results_dir
 from harness.core.schema import load_yaml
 from harness.dispatch.executors import CellsJob
 from harness.dispatch.slurm_queue import _record, ledger_lock, slurm_dir
-from harness.dispatch.status import cell_statuses
+from harness.dispatch.status import TO_RUN, cell_statuses
 
 
 @dataclass
@@ -134,10 +134,10 @@ def submit(
         todo, skipped = [], {}
         for st in statuses:
             rid = st.cfg.run_id()
-            if st.state == "failed" or (st.state == "todo" and not retry_failed):
+            if st.state == "failed" or (st.state in TO_RUN and not retry_failed):
                 todo.append(st.cfg)
-            elif st.state == "todo":
-                skipped[rid] = "not failed (never submitted)"
+            elif st.state in TO_RUN:
+                skipped[rid] = f"not failed ({'never submitted' if st.state == 'todo' else st.state})"
             else:
                 skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
         if not todo:

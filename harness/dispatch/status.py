@@ -24,6 +24,7 @@ from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_l
 from harness.store import INTERRUPTED, is_complete, result_mismatch, run_dir
 
 STATES = ("done", "running", "pending", "failed", "interrupted", "mismatch", "todo", "unknown")
+TO_RUN = ("todo", "interrupted", "mismatch")  # not failed, not done: submitted by a plain run, not by --retry-failed
 
 
 @dataclass
@@ -127,11 +128,12 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
 
 def format_statuses(statuses: list[CellStatus]) -> str:
     """A table, one line per cell, then the log tail of each failed cell, then counts."""
-    lines = [f"{'state':<11} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {'seed':>4}  run"]
+    w = max([8] + [len(s.state) for s in statuses])  # 8 unless an `interrupted` row needs more
+    lines = [f"{'state':<{w}} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {'seed':>4}  run"]
     for s in statuses:
         c = s.cfg
         lines.append(
-            f"{s.state:<11} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {c.run_id()}"
+            f"{s.state:<{w}} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {c.run_id()}"
             + (f"  {s.detail}" if s.detail and s.state != "failed" else "")
         )
     for s in statuses:
