@@ -232,7 +232,7 @@ def _failed(cells):
 
 
 def _run_grid_slurm(name: str, cells, args, show_report) -> int:
-    """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
+    """Submit the unfinished cells as job arrays that fit the cluster and return (default: a grid can run for days; `status` follows
     it), or with --wait block until every cell is done or failed, then report."""
     from harness.dispatch.slurm import load_profile, submit, wait
     from harness.dispatch.slurm_queue import slurm_available
@@ -244,8 +244,8 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     if args.log:
         raise ConfigError("--log: experiment tracking runs with the local and debug executors, not --executor slurm")
     if args.cells_per_job not in (None, 1) or args.max_parallel:
-        raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM each cell is one "
-                          "array element and the profile's array_parallelism caps how many run at once")
+        raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM the profile's `pack` sets "
+                          "the cells per array element and its array_parallelism caps how many run at once")
     profile = load_profile(args.profile)
     unavailable = slurm_available()
     if unavailable:
@@ -255,7 +255,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         for c in cells:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
-    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed)
+    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed, wait_for_room=args.wait)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
         reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
@@ -422,9 +422,9 @@ def cmd_prepare(args) -> int:
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "debug", "slurm"],
-                   help="submitit executor (default: local); slurm submits one job array and returns")
+                   help="submitit executor (default: local); slurm submits job arrays that fit the cluster and returns")
     p.add_argument("--profile", default=None, metavar="slurm/NAME.yaml", help="SLURM profile (file or name in slurm/)")
-    p.add_argument("--wait", action="store_true", help="slurm: block until every submitted cell finished or failed")
+    p.add_argument("--wait", action="store_true", help="slurm: keep submitting as the queue frees up, then block until every cell finished or failed")
     p.add_argument("--retry-failed", action="store_true",
                    help="run only the cells that failed (error recorded, or their job ended without a result)")
     p.add_argument("--dry-run", action="store_true",

@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, check_seed, config_hash
 from harness.core.errors import ConfigError, unknown
 from harness.core.paths import grids_dir
 from harness.core.schema import load_yaml
@@ -93,9 +94,19 @@ def expand(grid: GridSpec) -> list[RunConfig]:
             for setting in sweep.settings(grid, method):
                 overrides = {**grid.overrides, **grid.method_overrides.get(method, {}), **setting, **tune}
                 for order_seed in grid.order_seeds:
+                    where = f"{grid.file} ({bench} × {method})"
+                    first: RunConfig | None = None
                     for seed in grid.seeds:
-                        cfg = resolve(bench, method, seed, order_seed, overrides, where=f"{grid.file} ({bench} × {method})")
-                        if cfg.run_id() not in seen:  # e.g. order seeds collapse on a natural-order benchmark
-                            seen.add(cfg.run_id())
+                        if first is None or "seed" in overrides:
+                            cfg = first = resolve(bench, method, seed, order_seed, overrides, where=where)
+                            first_dict = first.to_dict()
+                            rid = config_hash(first_dict)
+                        else:  # what resolve gives for another training seed, without re-resolving (large grids)
+                            check_seed(seed, f"{where}: seed")
+                            cfg = copy.deepcopy(first)
+                            cfg.seed = seed
+                            rid = config_hash({**first_dict, "seed": seed})  # = cfg.run_id(), without to_dict
+                        if rid not in seen:  # e.g. order seeds collapse on a natural-order benchmark
+                            seen.add(rid)
                             cells.append(cfg)
     return cells

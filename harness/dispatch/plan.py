@@ -40,22 +40,22 @@ def overrides_in_force(cell: RunConfig) -> dict[str, Any]:
     return out
 
 
-def cell_states(cells: list[RunConfig], root: Path | None = None) -> dict[str, str]:
-    """run_id → done | failed | interrupted | mismatch | to run, from the run directories (no queue is asked).
-    Every state but done is run by the next `grid`/`reproduce` (dispatch runs each cell without its own result)."""
-    from harness.store import INTERRUPTED, is_complete, is_finished, run_dir
+def cell_states(cells: list[RunConfig], root: Path | None = None, run_ids: list[str] | None = None) -> dict[str, str]:
+    """run_id → done | failed | interrupted | mismatch | to run, from the run directories (no queue is asked). Every
+    state but done is run by the next `grid`/`reproduce` (dispatch runs each cell without its own result).
+    `run_ids`: the cells' run ids where the caller has them (hashing a config is most of this loop's cost)."""
+    from harness.store import INTERRUPTED, mismatch_of, read_complete, run_dir
 
     out = {}
-    for c in cells:
-        d = run_dir(c, root)
-        if is_finished(d, c.run_id()):
-            out[c.run_id()] = "done"
-        elif is_complete(d):
-            out[c.run_id()] = "mismatch"
+    for c, rid in zip(cells, run_ids or [c.run_id() for c in cells]):
+        d = run_dir(c, root, rid)
+        r = read_complete(d)
+        if r is not None:
+            out[rid] = "mismatch" if mismatch_of(r, rid) else "done"
         elif (d / INTERRUPTED).exists():
-            out[c.run_id()] = "interrupted"
+            out[rid] = "interrupted"
         else:
-            out[c.run_id()] = "failed" if (d / "error.json").exists() else "to run"
+            out[rid] = "failed" if (d / "error.json").exists() else "to run"
     return out
 
 
@@ -69,7 +69,9 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
 
     from harness.core.markdown import markdown_table
 
-    states = cell_states(cells, root)
+    rids = [c.run_id() for c in cells]
+    rid_of = {id(c): rid for c, rid in zip(cells, rids)}
+    states = cell_states(cells, root, rids)
     blocked = {c.run_id() for c in readiness.unready}
     rows, per_key = [], {}
     for c in cells:
@@ -80,12 +82,12 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
     first = next(iter(overrides.values()), {})
     common = {k: first[k] for k, _ in sorted(common_keys)}
     for (bench, method), group in per_key.items():
-        st = [states[c.run_id()] for c in group]
+        st = [states[rid_of[id(c)]] for c in group]
         extra = {k: v for k, v in overrides[(bench, method)].items() if (k, repr(v)) not in common_keys}
         rows.append({
             "benchmark": bench, "method": method, "to run": len(st) - st.count("done"), "done": st.count("done"),
             "failed": st.count("failed"), "interrupted": st.count("interrupted"), "mismatch": st.count("mismatch"),
-            "inputs": "ready" if not blocked & {c.run_id() for c in group} else "MISSING",
+            "inputs": "ready" if not blocked & {rid_of[id(c)] for c in group} else "MISSING",
             "benchmark data": readiness.prepared.get(bench, "?"),
             "epochs": "/".join(sorted({f"{c.train.epochs}" + (f"×{c.train.epoch_repeats}" if c.train.epoch_repeats > 1 else "")
                                        for c in group})),

@@ -35,8 +35,9 @@ def collect(cells: list[RunConfig], root: Path | None = None):
 
     rows = []
     for c in cells:
-        r = load_result(c, root)
-        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
+        rid = c.run_id()
+        r = load_result(c, root, rid)
+        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": rid, "done": r is not None}
         row["error"] = "" if r is not None else first_error_line(c, root)
         if r is not None:
             m = r["metrics"]
