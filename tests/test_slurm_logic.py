@@ -196,8 +196,8 @@ def test_submit_reruns_interrupted_and_mismatched_cells_but_retry_failed_does_no
     monkeypatch.setattr(slurm, "make_executor", lambda profile, folder: FakeExecutor(folder))
     FakeExecutor.submitted = []
     profile = load_profile("dev-cluster")
-    retry = submit(cells, profile, results, retry_failed=True, log=lambda _: None)
+    retry = submit(cells, profile, results, retry_failed=True, log=lambda _: None, limits=Limits())
     assert FakeExecutor.submitted == [] and retry.skipped == {
         interrupted.run_id(): "not failed (interrupted)", mismatched.run_id(): "not failed (mismatch)"}
-    submit(cells, profile, results, log=lambda _: None)
-    assert FakeExecutor.submitted == [[interrupted.seed, mismatched.seed]]
+    submit(cells, profile, results, log=lambda _: None, limits=Limits())
+    assert sorted(FakeExecutor.submitted[-1]) == sorted([interrupted.seed, mismatched.seed])
