@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -97,8 +98,10 @@ def cmd_run(args) -> int:
         from harness.core.io import read_json
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
+        ta = m.get("task_aware_a_last", math.nan)  # NaN in domain-il: one head, no task-aware accuracy
         print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
-              f"task-aware A_last {100 * m['task_aware_a_last']:.2f}  (accuracy after each task: "
+              + (f"task-aware A_last {100 * ta:.2f}" if ta == ta else "task-aware: none (domain-il)")
+              + "  (accuracy after each task: "
               + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")
     return 0 if outcome.status in ("done", "skipped") else 1
 
@@ -350,7 +353,7 @@ def cmd_stream(args) -> int:
     from harness.data.cache import is_prepared
     from harness.data.protocol import run_spec
     from harness.data.sources import load_source
-    from harness.data.stream import build_stream
+    from harness.data.stream import build_stream, stream_of
     from harness.resolve import resolve
 
     overrides = {"protocol": args.protocol} if args.protocol else {}
@@ -360,7 +363,7 @@ def cmd_stream(args) -> int:
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]
-        stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+        stream = stream_of(spec, cfg.order_seed, data)
     else:
         names = sorted(spec.source.class_names) if spec.source.class_names else [str(c) for c in range(spec.num_classes)]
         split = "not prepared"
@@ -373,7 +376,8 @@ def cmd_stream(args) -> int:
     for t in stream.tasks:
         shown = ", ".join(f"{c}:{names[c]}" if names[c] != str(c) else str(c) for c in t.classes)
         counts = f"{len(t.train_indices)} train / {len(t.test_indices)} test — " if prepared else ""
-        print(f"task {t.index}: {counts}classes {shown}")
+        print(f"task {t.index}: {counts}domain {t.domain}, all {t.num_classes} classes" if t.domain is not None
+              else f"task {t.index}: {counts}classes {shown}")
     if not prepared:
         from harness.data.cache import prepare_command
 

@@ -81,6 +81,21 @@ def load_grid(name_or_path: str) -> GridSpec:
     return load_yaml(GridSpec, path)
 
 
+def runs_in(method: str, benchmark: str) -> bool:
+    """Whether `method` declares the scenario of `benchmark` (Method.scenarios); says so on stderr when not."""
+    import sys
+
+    from harness.data.spec import load_spec
+    from harness.method.registry import get_method
+
+    cls, scenario = get_method(method), load_spec(benchmark).scenario
+    if scenario in cls.scenarios:
+        return True
+    print(f"note: {method} left out of {benchmark} ({scenario}): it runs in {', '.join(cls.scenarios)} only"
+          + (f" ({cls.scenario_note})" if cls.scenario_note else ""), file=sys.stderr)
+    return False
+
+
 def expand(grid: GridSpec) -> list[RunConfig]:
     """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
@@ -91,6 +106,8 @@ def expand(grid: GridSpec) -> list[RunConfig]:
     cells, seen = [], set()
     for bench in grid.benchmarks:
         for method in methods:
+            if grid.methods == "all" and not runs_in(method, bench):
+                continue  # `all` means every method that can run on the benchmark; a named method is refused by resolve
             for setting in sweep.settings(grid, method):
                 overrides = {**grid.overrides, **grid.method_overrides.get(method, {}), **setting, **tune}
                 for order_seed in grid.order_seeds:

@@ -24,7 +24,7 @@ COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"
 DEFINITION = (
     "A_t = accuracy over all seen test samples after task t (sample-weighted, as P&M/PILOT); A_last = A_T; "
     "A_avg = mean_t A_t; Forgetting = mean over old tasks of (best-ever − final) accuracy; Task-aware = each sample "
-    "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
+    "scored by its own task's head (diagnostic; – on domain-il benchmarks, whose one head scores every task). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
     "the LoRA over the first steps of tasks ≥ 1 (mean; small = training stalls after a merge; not in %)."
 )
 
