@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -54,7 +55,7 @@ def cmd_list(args) -> int:
             spec = load_spec(name)
             state = ""
             if spec.source.kind == "images":
-                state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(name) else "not prepared]")
+                state = f"  [protocol {spec.protocol}; " + ("prepared]" if is_prepared(spec) else "not prepared]")
             print(f"{name:<18} {spec.description}{state}")
     elif args.what == "protocols":
         from harness.data.protocol import available_protocols, load_protocol
@@ -80,13 +81,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.config import ExecConfig, parse_set
+    from harness.config import ExecConfig, check_seed, parse_set
     from harness.resolve import resolve
     from harness.train.run import execute
 
     from harness.dispatch import preflight
     from harness.train.tracking import check_backend
 
+    check_seed(args.seed, "--seed")
+    check_seed(args.order_seed, "--order-seed", optional=True)
     cfg = resolve(args.benchmark, args.method, args.seed, args.order_seed, parse_set(args.set or []), where="--set")
     check_backend(args.log)
     readiness = preflight.check([cfg])
@@ -96,6 +99,8 @@ def cmd_run(args) -> int:
     outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log,
                                       rerun_stale=args.rerun_stale), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
+    if args.log and outcome.status == "skipped":
+        print(_nothing_logged(1, args.log), file=sys.stderr)
     if outcome.status in ("done", "skipped"):
         from harness.core.io import read_json
 
@@ -115,6 +120,10 @@ def _target(name_or_file: str, seeds: int | None = None, against: str = "", focu
         from harness.dispatch.grid import expand, load_grid
 
         grid = load_grid(name_or_file)
+        if seeds is not None:
+            raise ConfigError(f"--seeds {seeds}: {name_or_file} is a grid, which runs the seeds its file lists "
+                              f"(seeds: {grid.seeds} in {grid.file}); --seeds is for published tables. Edit the "
+                              "grid's seeds (or a copy of it) instead")
         return grid.name, _grid_cells(grid), lambda: _print_report(grid.name, expand(grid), grid,
                                                                    _methods_arg(against), focus)
     from harness.report.leaderboard import available_tables, table_cells, write_report
@@ -156,13 +165,13 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
     from harness.train.tracking import check_backend
 
     check_backend(args.log)
-    name, cells, show_report = _target(name_or_file, getattr(args, "seeds", None), args.against,
-                                       getattr(args, "focus", None))
+    seeds = args.seeds if args.command == "reproduce" else None  # `compare --seeds` is its own (already applied)
+    name, cells, show_report = _target(name_or_file, seeds, args.against, getattr(args, "focus", None))
     if not cells:
         print(f"{name}: no runnable cells yet (their benchmarks or methods are not implemented)")
     readiness = preflight.check(cells)
     if args.dry_run:
-        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, getattr(args, "seeds", None)),
+        print(plan.render(name, cells, readiness, _resolved_table(name_or_file, seeds),
                           rerun_stale=args.rerun_stale, setting_of=_setting_labeler(name_or_file)))
         note = _refit_note(name_or_file, cells)
         if note:
@@ -201,6 +210,9 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
                              track=args.log, rerun_stale=args.rerun_stale,
                              setting_of=(lambda c: f"{setting_of(c)}, refit") if setting_of else None)
     wall_s = time.time() - start if any(o.status == "done" for o in outcomes) else None
+    finished_before = sum(o.status == "skipped" for o in outcomes)
+    if args.log and finished_before:
+        print(_nothing_logged(finished_before, args.log), file=sys.stderr)
     failed = [o for o in outcomes if o.status == "failed"]
     if report_after:
         show_report()
@@ -213,6 +225,11 @@ def _run_grid(name_or_file: str, args, report_after: bool, pack: bool = False) -
             print(f"  {o.benchmark} × {o.method} × seed {o.seed} (run {o.run_id}): {o.message}", file=sys.stderr)
         return 1
     return differs
+
+
+def _nothing_logged(n: int, backend: str) -> str:
+    return (f"--log {backend}: {n} cell(s) had already finished and were not run, so nothing was logged for them "
+            "(tracking records a run as it trains); add --force to run them again with tracking")
 
 
 def _against_reference(name: str, cells, update: bool, wall_s: float | None) -> int:
@@ -326,11 +343,11 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     if reasons:
         print("not submitted: " + ", ".join(f"{n} {k}" for k, n in reasons.items()))
     where = args.file if hasattr(args, "file") else args.table
-    results_opt = f"--results {os.environ['CLMERGE_RESULTS']} " if os.environ.get("CLMERGE_RESULTS") else ""
+    results_opt = f"--results {shlex.quote(os.environ['CLMERGE_RESULTS'])} " if os.environ.get("CLMERGE_RESULTS") else ""
     if not args.wait:
         print(f"watch with:  clmerge {results_opt}status {where}\n"
-              f"then:        clmerge {results_opt}report {where}   (failed cells: clmerge grid {where} --executor slurm "
-              f"--profile {args.profile} --retry-failed)")
+              f"then:        clmerge {results_opt}report {where}   (failed cells: clmerge {results_opt}grid {where} "
+              f"--executor slurm --profile {args.profile} --retry-failed)")
         return 0
     statuses = wait(cells)
     failed = [s for s in statuses if s.state not in ("done", "stale")]
@@ -371,8 +388,9 @@ def cmd_compare(args) -> int:
     against = _methods_arg(args.against)
     if not against:
         raise ConfigError("--against: give at least one reference method, e.g. --against seq-lora")
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.seeds < 2:
+        raise ConfigError(f"--seeds {args.seeds}: a paired comparison needs at least 2 seeds (one pair gives no "
+                          "interval and no test); use --seeds 5 (the default; fewer than 5 get a warning) or more")
     import yaml
 
     grid = compare_grid(args.method, against, args.benchmark, args.seeds, parse_set(args.set or []),
@@ -434,7 +452,7 @@ def cmd_stream(args) -> int:
     overrides = {"protocol": args.protocol} if args.protocol else {}
     cfg = resolve(args.benchmark, "seq-lora", order_seed=args.order_seed, overrides=overrides, where="stream")
     spec = run_spec(cfg)
-    prepared = spec.source.kind != "images" or is_prepared(spec.name)
+    prepared = spec.source.kind != "images" or is_prepared(spec)
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]
@@ -611,13 +629,34 @@ def main(argv: list[str] | None = None) -> int:
     from harness.core.errors import ConfigError, TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    if args.results:
-        os.environ["CLMERGE_RESULTS"] = os.path.abspath(args.results)
     try:
+        if args.results:
+            os.environ["CLMERGE_RESULTS"] = _results_option(args.results, "--results")
+        elif os.environ.get("CLMERGE_RESULTS"):
+            _results_option(os.environ["CLMERGE_RESULTS"], "CLMERGE_RESULTS")
         return args.fn(args)
     except (ConfigError, TrainingDiverged) as exc:
         print(f"clmerge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: each interrupted cell recorded itself as `interrupted` (harness/train/run.py) and keeps its
+        # checkpoints; finished cells are untouched. 130 = 128 + SIGINT, the shell's convention.
+        print("\nclmerge: interrupted (Ctrl-C). Finished cells are kept; interrupted cells resume from their last "
+              "checkpoint when the same command is run again.", file=sys.stderr)
+        return 130
+
+
+def _results_option(path: str, option: str) -> str:
+    """`--results DIR` (or $CLMERGE_RESULTS): an existing directory or a path that can become one (not a file)."""
+    full = os.path.abspath(path)
+    probe = full
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == full else f"is under the file {probe}"
+        raise ConfigError(f"{option} {path}: {what}, not a directory; give a directory (it is created if missing), "
+                          "e.g. --results ./results")
+    return full
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ Execution settings that do not change results (device, threads, progress bars) l
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,8 +41,14 @@ class TrainConfig:
         for key in ("epochs", "epoch_repeats", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"{where}.temperature: must be a finite number > 0, got {self.temperature}")
+        for key in ("lr_lora", "lr_head", "weight_decay"):  # 0 is valid (frozen / no decay); NaN or < 0 never is
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{where}.{key}: must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ConfigError(f"{where}.gamma: must be a finite number > 0, got {self.gamma}")
 
 
 @dataclass

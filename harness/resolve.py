@@ -10,10 +10,10 @@ from typing import Any
 
 from harness.config import TOP_LEVEL_KEYS, RunConfig, TrainConfig, check_seed, valid_override_keys
 from harness.core.errors import ConfigError
-from harness.core.schema import from_dict, to_dict
+from harness.core.schema import field_names, from_dict, to_dict
 from harness.data.protocol import apply_protocol, load_protocol
 from harness.data.spec import load_spec
-from harness.method.registry import get_method
+from harness.method.registry import get_method, method_names
 from harness.model.backbone import BackboneConfig
 
 
@@ -44,6 +44,9 @@ def resolve(
     valid = valid_override_keys(method_cls.Params)
     for key, value in (overrides or {}).items():
         if key not in valid:
+            if key.startswith("method.") and not field_names(method_cls.Params):
+                raise ConfigError(f"{where}: unknown key {key!r}: method {method_cls.name!r} has no parameters (no method.* key "
+                                  f"applies to it); methods with parameters: {', '.join(methods_with_params())}")
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
         if key in TOP_LEVEL_KEYS:
             top[key] = value
@@ -67,6 +70,11 @@ def resolve(
         "scenario": spec.scenario,
     }
     return RunConfig.from_dict(data, where)
+
+
+def methods_with_params() -> list[str]:
+    """Registered methods that take `method.*` keys."""
+    return [m for m in method_names() if field_names(get_method(m).Params)]
 
 
 def check_scenario(method_cls, scenario: str, benchmark: str, where: str) -> None:

@@ -9,6 +9,7 @@
                          the code that produced it (harness/method/code_identity.py): a finished cell whose code
                          changed since is `stale` — reported, kept, rerun only with --rerun-stale
         error.json       the last failure (traceback), if any
+        interrupted.json the last attempt was stopped by Ctrl-C (resumable; not a failure)
         .lock            held while the run executes, so two workers never run the same cell
 """
 
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.config import RunConfig
+from harness.config import RunConfig, config_hash
 from harness.core.io import read_json
 from harness.core.paths import results_dir
 
 RESULT = "result.json"
+INTERRUPTED = "interrupted.json"
 
 
 def runs_root(root: Path | None = None) -> Path:
@@ -43,10 +45,10 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def load_result(cfg: RunConfig, root: Path | None = None, run_id: str | None = None) -> dict | None:
-    """The finished run's result.json, None if it has none (parsed once: a report reads thousands)."""
+def read_complete(path: Path) -> dict | None:
+    """The complete result.json in run directory `path` (parsed once), None if there is none."""
     try:
-        r = read_json(run_dir(cfg, root, run_id) / RESULT)
+        r = read_json(Path(path) / RESULT)
     except (ValueError, OSError):
         return None
     return r if isinstance(r, dict) and r.get("status") == "complete" else None
@@ -67,3 +69,33 @@ def stale_reason(path: Path) -> str:
         return result_stale_reason(read_json(Path(path) / RESULT))
     except (ValueError, OSError):
         return ""
+
+
+def mismatch_of(r: dict, run_id: str, where: Path | str = RESULT) -> str:
+    """Why the parsed result `r` is not the result of cell `run_id` ('' when it is): its `run_id` or its stored
+    config (rehashed) differs, e.g. a directory copied or a file edited by hand."""
+    if r.get("run_id") != run_id:
+        return f"{where}: run_id {r.get('run_id')!r}, the cell's is {run_id!r}"
+    if config_hash(r.get("config", {})) != run_id:
+        return f"{where}: its config hashes to {config_hash(r.get('config', {}))}, not {run_id}"
+    return ""
+
+
+def result_mismatch(path: Path, run_id: str) -> str:
+    """`mismatch_of` for the complete result.json in `path` ('' when there is none or it matches)."""
+    r = read_complete(path)
+    return mismatch_of(r, run_id, Path(path) / RESULT) if r is not None else ""
+
+
+def is_finished(path: Path, run_id: str) -> bool:
+    """Whether cell `run_id` is done: a complete result.json that is this cell's (a mismatched one is rerun and
+    replaced, never counted as done)."""
+    r = read_complete(path)
+    return r is not None and not mismatch_of(r, run_id)
+
+
+def load_result(cfg: RunConfig, root: Path | None = None, run_id: str | None = None) -> dict | None:
+    """The finished run's result.json if it is this cell's, None otherwise (parsed once: a report reads thousands)."""
+    rid = run_id or cfg.run_id()
+    r = read_complete(run_dir(cfg, root, rid))
+    return r if r is not None and not mismatch_of(r, rid) else None

@@ -101,8 +101,9 @@ class InfLoRA(Method):
 
     def parameter_groups(self, model, task) -> list[dict]:
         # called after a mid-task resume too, which re-creates the adapter: freezes A again
-        groups = [{"params": model.adapter_up_parameters(self.adapter_name(task)), "lr": self.train_cfg.lr_lora}]
-        groups.append({"params": list(model.heads.heads[-1].parameters()), "lr": self.train_cfg.lr_head})
+        groups = [{"params": model.adapter_up_parameters(self.adapter_name(task)), "lr": self.train_cfg.lr_lora,
+                   "name": "lora"}]
+        groups.append({"params": list(model.heads.heads[-1].parameters()), "lr": self.train_cfg.lr_head, "name": "head"})
         return groups
 
     def end_task(self, model, task, data) -> None:

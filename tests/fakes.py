@@ -70,9 +70,14 @@ def kill_in_task_1(monkeypatch, method_cls, cfg, exec_cfg, epochs_done: int = 1)
     return d
 
 
-def finished_result(method: str, wall_seconds: float = 1) -> dict:
-    """A minimal result.json of a finished cell that records the current code (so it is `done`, not `stale`)."""
-    return {"status": "complete", "timings": {"wall_seconds": wall_seconds}, "code": _current_code(method)}
+def finished_result(cfg, wall_seconds: float = 1) -> dict:
+    """A minimal result.json of the finished cell `cfg` (a RunConfig or its dict): its own run id and config (so it
+    is not a `mismatch`) and the current code (so it is `done`, not `stale`)."""
+    from harness.config import RunConfig
+
+    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    return {"status": "complete", "run_id": cfg.run_id(), "config": cfg.to_dict(),
+            "timings": {"wall_seconds": wall_seconds}, "code": _current_code(cfg.method)}
 
 
 _CODE: dict[str, dict] = {}

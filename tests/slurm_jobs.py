@@ -40,6 +40,6 @@ class RecordingJob:
                 job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '')}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
                 with open(d / "events.log", "a") as fh:
                     fh.write(f"pid={os.getpid()} job={job} start\n")
-                atomic_write_json(d / "result.json", finished_result(data["method"], 0))  # records the current code
+                atomic_write_json(d / "result.json", finished_result(data, 0))  # its own config, the current code
                 out.append({"run_id": d.name, "status": "done"})
         return out

@@ -48,7 +48,7 @@ def test_list_benchmarks_and_stream():
 
 def test_grid_dry_run(results):
     p = clmerge("grid", "smoke", "--dry-run")
-    assert p.returncode == 0 and "plan for smoke: 54 cells — 54 to run, 0 done, 0 failed" in p.stdout
+    assert p.returncode == 0 and "plan for smoke: 54 cells — 54 to run, 0 done; 0 blocked" in p.stdout
     assert "| split-digits | seq-lora | 3 | 0 | 0 | ready | embedded | 6 |" in p.stdout
 
 

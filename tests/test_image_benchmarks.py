@@ -177,7 +177,7 @@ def test_corrupt_images_are_reported_by_path_then_resumed_or_skipped(cache, tmp_
     with pytest.raises(ConfigError) as err:
         prepare(spec, source=str(src), storage_size=16, **SILENT)
     assert str(bad) in str(err.value) and str(junk) in str(err.value) and "--skip-corrupt" in str(err.value)
-    assert not (cache / "data" / "imagenet-r-5" / "manifest.json").exists()  # nothing published as complete
+    assert not (cache / "data" / "imagenet-r" / "manifest.json").exists()  # nothing published as complete
     # fixed: the rerun resumes (only the two are decoded again) and completes
     gen.save(bad, seed=1, fmt="JPEG")
     gen.save(junk, seed=2, fmt="JPEG")
@@ -264,4 +264,28 @@ def test_prepared_benchmark_trains_and_records_protocol(cache, tmp_path, monkeyp
     out = execute(resolve("imagenet-r-5", "seq-lora", overrides=over), QUIET)
     result = json.loads((Path(out.run_dir) / "result.json").read_text())
     assert result["config"]["protocol"] == "tiny" and len(result["acc_matrix"]) == 5
-    assert result["stream"]["split_hash"] == json.loads((cache / "data" / "imagenet-r-5" / "manifest.json").read_text())["split_sha256"]
+    assert result["stream"]["split_hash"] == json.loads((cache / "data" / "imagenet-r" / "manifest.json").read_text())["split_sha256"]
+    # one decode serves imagenet-r-10 and -20 too (source.cache: imagenet-r): prepared, same split, no second decode
+    from harness.data.cache import is_prepared
+    from harness.dispatch import preflight
+
+    ten = resolve("imagenet-r-10", "seq-lora", overrides=over)
+    assert is_prepared(load_spec("imagenet-r-20")) and preflight.check([ten]).ok
+    assert build(ten, QUIET).data.split_hash == result["stream"]["split_hash"]
+    with pytest.raises(ConfigError, match="imagenet-r already exists .*source.cache: imagenet-r"):
+        prepare(load_spec("imagenet-r-10"), source=str(src), storage_size=20, **SILENT)
+
+
+def test_benchmarks_sharing_a_cache_agree_on_what_prepare_reads():
+    """A shared cache (source.cache) is only valid across specs with the same source, classes and held-out split."""
+    from harness.data.spec import available_benchmarks
+
+    groups: dict[str, list] = {}
+    for name in available_benchmarks():
+        spec = load_spec(name)
+        if spec.source.cache:
+            groups.setdefault(spec.source.cache, []).append(spec)
+    assert sorted(groups) == ["domainnet", "imagenet-a", "imagenet-r"] and len(groups["imagenet-r"]) == 3
+    for specs in groups.values():
+        facts = {repr((s.source, s.held_out, s.num_classes, s.style)) for s in specs}
+        assert len(facts) == 1, [s.name for s in specs]

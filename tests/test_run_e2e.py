@@ -66,12 +66,14 @@ def test_interrupted_run_leaves_no_result_and_resumes(results, monkeypatch):
         execute(cfg, QUIET)
     d = run_dir(cfg)
     assert not is_complete(d) and not (d / "result.json").exists()
-    assert "simulated kill" in json.loads((d / "error.json").read_text())["error"]
+    # Ctrl-C is an interruption, not a failure: recorded in interrupted.json (status: interrupted), no error.json
+    assert (d / "interrupted.json").exists() and not (d / "error.json").exists()
+    assert "interrupted: KeyboardInterrupt" in (d / "events.log").read_text()
     monkeypatch.setattr(SeqLoRA, "end_task", original)
     assert execute(cfg, QUIET).status == "done"  # resumes from the checkpoint after task 1
     r = json.loads((d / "result.json").read_text())
     assert r["acc_matrix"] == reference.acc
-    assert not (d / "error.json").exists()
+    assert not (d / "error.json").exists() and not (d / "interrupted.json").exists()
 
 
 def test_nan_loss_fails_the_cell_without_result(results, monkeypatch):

@@ -19,7 +19,7 @@ from harness.dispatch.slurm import load_profile, sbatch_parameters, submit
 from harness.dispatch.slurm_limits import Limits
 from harness.dispatch.slurm_queue import JobState, QueueError, read_ledger
 from harness.dispatch.status import cell_statuses, format_statuses
-from harness.method.code_identity import code_identity
+from tests.fakes import finished_result
 from harness.resolve import resolve
 from harness.store import run_dir
 from tests.conftest import FAST
@@ -79,8 +79,7 @@ def _ledger(root: Path, jobs: dict[str, str]) -> None:
 def test_status_decisions(results, monkeypatch):
     cells = _cells(8)
     done, running, requeued, cancelled, gone, errored, todo, locked = cells
-    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 75},
-                                                              "code": code_identity(done.method)})  # current code
+    atomic_write_json(run_dir(done, results) / "result.json", finished_result(done, 75))  # current code
     atomic_write_json(run_dir(errored, results) / "error.json", {"error": "TrainingDiverged: loss is nan"})
     ids = {c.run_id(): f"7_{i}" for i, c in enumerate(cells) if c not in (todo, locked)}
     _ledger(results, ids)
@@ -128,8 +127,7 @@ class FakeExecutor:
 def test_submit_skips_finished_queued_and_running_cells(results, monkeypatch):
     cells = _cells(4)
     done, queued, failed, new = cells
-    atomic_write_json(run_dir(done, results) / "result.json", {"status": "complete", "timings": {"wall_seconds": 1},
-                                                              "code": code_identity(done.method)})
+    atomic_write_json(run_dir(done, results) / "result.json", finished_result(done))
     _ledger(results, {queued.run_id(): "5_1", failed.run_id(): "5_2"})
     queue = {"5_1": JobState("PENDING"), "5_2": JobState("OUT_OF_MEMORY")}
     monkeypatch.setattr(status, "job_states", lambda ids: {j: queue.get(j, JobState("PENDING")) for j in ids})
@@ -185,3 +183,20 @@ def test_cli_status_of_a_fresh_grid(results):
     p = clmerge("status", "digits-2x5")
     assert p.returncode == 0 and p.stdout.splitlines()[0].startswith("state ")
     assert re.search(r"^(\d+) todo — \1 cells$", p.stdout, re.M) and "\ntodo     -" in p.stdout, p.stdout
+
+
+def test_submit_reruns_interrupted_and_mismatched_cells_but_retry_failed_does_not(results, monkeypatch):
+    cells = _cells(2)
+    interrupted, mismatched = cells
+    atomic_write_json(run_dir(interrupted, results) / "interrupted.json", {"run_id": interrupted.run_id()})
+    atomic_write_json(run_dir(mismatched, results) / "result.json",  # another cell's result in this directory
+                      {"status": "complete", "run_id": interrupted.run_id(), "config": interrupted.to_dict()})
+    monkeypatch.setattr(status, "job_states", lambda ids: {})
+    monkeypatch.setattr(slurm, "make_executor", lambda profile, folder: FakeExecutor(folder))
+    FakeExecutor.submitted = []
+    profile = load_profile("dev-cluster")
+    retry = submit(cells, profile, results, retry_failed=True, log=lambda _: None, limits=Limits())
+    assert FakeExecutor.submitted == [] and retry.skipped == {
+        interrupted.run_id(): "not failed (interrupted)", mismatched.run_id(): "not failed (mismatch)"}
+    submit(cells, profile, results, log=lambda _: None, limits=Limits())
+    assert sorted(FakeExecutor.submitted[-1]) == sorted([interrupted.seed, mismatched.seed])

@@ -144,8 +144,7 @@ class FakeCluster:
         for jid in [j for j, s in self.states.items() if s == "PENDING"][:n]:
             self.states[jid] = "COMPLETED"
             for data in self.cells[jid]:
-                atomic_write_json(run_dir(RunConfig.from_dict(data), root) / "result.json",
-                                  finished_result(data["method"]))
+                atomic_write_json(run_dir(RunConfig.from_dict(data), root) / "result.json", finished_result(data))
 
 
 def _cells(n: int):
@@ -287,7 +286,7 @@ def test_job_states_asks_sacct_in_chunks(monkeypatch):
 
 def test_status_asks_slurm_only_about_unfinished_cells(results, monkeypatch):
     cells = _cells(3)
-    atomic_write_json(run_dir(cells[0], results) / "result.json", finished_result(cells[0].method))
+    atomic_write_json(run_dir(cells[0], results) / "result.json", finished_result(cells[0]))
     from harness.dispatch.slurm_queue import _record
 
     _record(results, {c.run_id(): {"job_id": f"8_{i}", "stdout": "", "stderr": ""} for i, c in enumerate(cells)})

@@ -47,7 +47,8 @@ def test_sweep_is_a_cartesian_product_per_method_and_content_addressed(tmp_path)
     ({"sweep": {"method.epsilon": [0.5]}}, "unknown key 'method.epsilon' for method 'seq-lora'"),
     ({"sweep": {"seed": [0, 1]}}, "'seed' is an axis"),
     ({"sweep": {"train.lr_lora": 1e-3}}, "sw.yaml.sweep.train.lr_lora: expected a list"),
-    ({"method_sweep": {"ties": {"method.lam": [0.4]}}}, "method in method_sweep"),
+    ({"method_sweep": {"ties": {"method.lam": [0.4]}}}, "method_sweep.ties: 'ties' is a registered method but not one of this grid's methods"),
+    ({"method_sweep": {"seq-lora": {"method.eps": [0.4]}}}, "(method 'seq-lora' has no parameters: no method.* key applies to it)"),
     ({"tune": False, "sweep": {"train.lr_lora": [5e-4, 1e-3]}}, "no `tune: true`"),
 ])
 def test_bad_sweeps_are_refused_naming_the_key(tmp_path, extra, message):
@@ -143,7 +144,7 @@ def test_refit_cells_are_the_selected_setting_untuned_once_the_sweep_settled(tmp
 
 
 def test_compare_sweep_selects_refits_and_shows_each_setting(results, capsys):
-    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "1",
+    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "2",
             "--sweep", "method.epsilon=0.25,1", "--executor", "debug"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
     assert main(args + ["--dry-run"]) == 0
     plan = capsys.readouterr().out
@@ -152,25 +153,25 @@ def test_compare_sweep_selects_refits_and_shows_each_setting(results, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "  [done] split-digits-2x5 × pm [epsilon=0.25] × seed 0" in out
-    assert "refit: 2 cell(s) of the selected settings" in out and ", refit] × seed 0" in out
-    assert "### Selected settings (on validation)" in out and "| 1/1 |" in out
-    assert "retrained on all training data" in out and "5 of 5 cells finished" in out
+    assert "refit: 4 cell(s) of the selected settings" in out and ", refit] × seed 0" in out
+    assert "### Selected settings (on validation)" in out and "| 2/2 |" in out
+    assert "retrained on all training data" in out and "10 of 10 cells finished" in out
     assert main(["status", str(results / "grids" / "compare-pm-split-digits-2x5-sweep-epsilon.yaml")]) == 0
     status = capsys.readouterr().out
-    assert "epsilon=0.25" in status and "epsilon=1" in status and ", refit" in status and "5 done" in status
+    assert "epsilon=0.25" in status and "epsilon=1" in status and ", refit" in status and "10 done" in status
     assert main(["compare", "--method", "pm", "--benchmark", "split-digits-2x5", "--sweep", "method.epsilon"]) == 2
     assert "expected KEY=V1,V2" in capsys.readouterr().err
     assert main(["compare", "--method", "pm", "--benchmark", "split-digits-2x5", "--sweep", "method.epsilon="]) == 2
 
 
 def test_compare_runs_the_missing_cells_and_prints_the_paired_table(results, capsys):
-    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "1",
+    args = ["compare", "--method", "pm", "--against", "seq-lora", "--benchmark", "split-digits-2x5", "--seeds", "2",
             "--executor", "debug"] + [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 1 ⚠ |" in out
-    assert "only 1 paired seed(s) (< 5)" in out
-    assert main(args + ["--dry-run"]) == 0 and "2 cells — 0 to run, 2 done" in capsys.readouterr().out
+    assert "### Paired comparison" in out and "| split-digits-2x5 | pm | seq-lora | 2 ⚠ |" in out
+    assert "only 2 paired seed(s) (< 5)" in out
+    assert main(args + ["--dry-run"]) == 0 and "4 cells — 0 to run, 4 done" in capsys.readouterr().out
 
 
 def test_cell_progress_counts():

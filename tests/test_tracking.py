@@ -88,3 +88,100 @@ def test_a_missing_backend_is_refused_before_running(results, capsys, backend):
     assert main(["run", "--benchmark", "split-digits", "--method", "seq-lora", "--log", backend]) == 2
     assert f"the {backend} package is not installed" in capsys.readouterr().err
     assert not (results / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Issue 24: where runs land, x axes, names, failures, resumes, finished cells
+
+
+class FakeWandb:
+    """Stands in for the wandb package (not installed here): records what clmerge asks of it."""
+
+    __version__ = "0.21.0"
+
+    def __init__(self):
+        self.inits, self.runs = [], []
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        run = FakeWandbRun()
+        self.runs.append(run)
+        return run
+
+
+class FakeWandbRun:
+    def __init__(self):
+        self.defined, self.logged, self.summary, self.finished = [], [], {}, 0
+
+    def define_metric(self, name, step_metric=None, hidden=False):
+        self.defined.append((name, step_metric))
+
+    def log(self, data):
+        self.logged.append(dict(data))
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_wandb_run_lands_in_the_documented_folder_with_one_x_axis_per_series(results, monkeypatch):
+    import sys
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = resolve("split-digits-2x5", "pm", overrides={**FAST, "tune": True})
+    execute(cfg, ExecConfig(progress=False, log="wandb"))
+    (kw,), (run,) = fake.inits, fake.runs
+    assert kw["dir"] == str(results / "tracking" / "split-digits-2x5" / "pm" / "seed0" / cfg.run_id())
+    assert kw["reinit"] == "finish_previous" and kw["mode"] == "offline"
+    assert ("train/*", "train/step") in run.defined and ("acc/*", "acc/step") in run.defined
+    train = [d for d in run.logged if "train/loss" in d]
+    # one log call per optimiser step, holding the loss, both named learning rates and the step key
+    assert [d["train/step"] for d in train] == list(range(1, len(train) + 1)) and len(train) >= 2
+    assert {"train/lr/lora", "train/lr/head", "train/task"} <= set(train[0])
+    acc = [d for d in run.logged if "acc/A_t" in d]
+    assert [d["acc/step"] for d in acc] == [0, 1] and all(set(k.split("/")[0] for k in d) == {"acc"} for d in acc)
+    final = [d for d in run.logged if "final/a_last" in d]
+    assert len(final) == 1 and "final/val_a_last" in final[0]  # validation A_last as a number, not only text
+    assert run.finished == 1
+    from harness.train.tracking import _reinit
+
+    assert _reinit(type("Old", (), {"__version__": "0.18.3"})) is True  # before the string form existed
+
+
+def test_tracking_after_failure_resume_and_on_finished_cells(results, monkeypatch, capsys):
+    from harness.method.registry import get_method
+    from tests.fakes import kill_in_task_1
+
+    recorders = []
+
+    def opened(kind, c, root):
+        recorders.append(Recorder())
+        return recorders[-1]
+
+    monkeypatch.setattr(tracking, "open_tracker", opened)
+    cfg = resolve("split-digits-2x5", "seq-lora", overrides={**FAST, "train.epochs": 3})
+    log = ExecConfig(progress=False, log="tensorboard")
+    # an uninterrupted run's step axis …
+    execute(cfg, log, root=results / "plain")
+    plain = [s for n, _, s in recorders[0].scalars if n == "train/loss"]
+    assert {n for n, _, _ in recorders[0].scalars if n.startswith("train/lr/")} == {"train/lr/lora", "train/lr/head"}
+    # … is continued, not restarted, by a resumed one (killed in task 1 after its first epoch)
+    kill_in_task_1(monkeypatch, get_method("seq-lora"), cfg, log)
+    assert recorders[1].closed  # the interrupted run's tracker was closed
+    assert execute(cfg, log).status == "done"
+    resumed = [s for n, _, s in recorders[2].scalars if n == "train/loss"]
+    assert resumed == plain[plain.index(resumed[0]):] and resumed[0] > 1  # same step numbers from the checkpoint on
+    # a failing run closes its tracker too
+    from methods.seq_lora import SeqLoRA
+
+    monkeypatch.setattr(SeqLoRA, "end_task", lambda *a: (_ for _ in ()).throw(RuntimeError("merge exploded")))
+    with pytest.raises(RuntimeError):
+        execute(resolve("split-digits-2x5", "seq-lora", seed=1, overrides=FAST), log)
+    assert recorders[-1].closed
+    # --log on a finished cell: nothing is logged, and the command says so
+    args = ["run", "--benchmark", "split-digits-2x5", "--method", "seq-lora", "--log", "tensorboard"]
+    args += [a for k, v in {**FAST, "train.epochs": 3}.items() for a in ("--set", f"{k}={v}")]
+    monkeypatch.setattr(tracking, "check_backend", lambda kind: None)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "--log tensorboard: 1 cell(s) had already finished and were not run, so nothing was logged" in err

@@ -119,6 +119,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
 
 def load_yaml(cls: type[T], path: Path) -> T:
     """Read a YAML file into dataclass `cls` (which has a `file` field, set to the path), validated."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{path} is a directory; give a YAML file (e.g. {Path(path) / 'NAME.yaml'}) or a name")
     data = copy.deepcopy(_parsed_yaml(Path(path)))
     if isinstance(data, dict):
         data.setdefault("file", str(path))
@@ -140,6 +142,8 @@ def _parsed_yaml(path: Path) -> Any:
             _PARSED[key] = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read as a YAML file ({exc})") from exc
     return _PARSED[key]
 
 

@@ -4,6 +4,8 @@ loaded whole; batches are gathered from the maps by index (harness/data/image_ba
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +16,39 @@ from harness.data.source_data import SourceData, domain_ids
 from harness.data.spec import BenchmarkSpec
 
 
-def prepared_dir(benchmark: str) -> Path:
-    """Where `clmerge prepare` puts a benchmark's cache (complete once its manifest.json exists)."""
-    return cache_dir() / "data" / benchmark
+def cache_name(spec: BenchmarkSpec) -> str:
+    """The prepared cache a benchmark reads: `source.cache` (shared by benchmarks that differ only in their task
+    split, e.g. imagenet-r-5/10/20) or the benchmark's own name."""
+    return spec.source.cache or spec.name
+
+
+def prepared_dir(spec: BenchmarkSpec) -> Path:
+    """Where `clmerge prepare` puts a benchmark's cache (complete once its manifest.json exists). A cache prepared
+    under the benchmark's own name before caches were shared is still found there."""
+    shared = cache_dir() / "data" / cache_name(spec)
+    legacy = cache_dir() / "data" / spec.name
+    if not (shared / "manifest.json").exists() and (legacy / "manifest.json").exists():
+        return legacy
+    return shared
 
 
 def prepare_command(spec: BenchmarkSpec) -> str:
     hub = f" (default: the Hub dataset {spec.source.hub.id})" if spec.source.hub else ""
-    return f"clmerge prepare {spec.name} --source PATH_OR_HUB_ID{hub}"
+    return f"{clmerge_command()} prepare {spec.name} --source PATH_OR_HUB_ID{hub}"
+
+
+def clmerge_command() -> str:
+    """`clmerge`, with the `--results DIR` in force when the cache lives under it: a printed fix command then prepares
+    the data where the command that printed it looks (no CLMERGE_CACHE: the cache is <results>/cache)."""
+    results = os.environ.get("CLMERGE_RESULTS")
+    if results and not os.environ.get("CLMERGE_CACHE"):
+        return f"clmerge --results {shlex.quote(results)}"
+    return "clmerge"
 
 
 def open_prepared(spec: BenchmarkSpec) -> SourceData:
     """The prepared cache of `spec`; a clear error naming the `prepare` command when it is missing or unfinished."""
-    path = prepared_dir(spec.name)
+    path = prepared_dir(spec)
     manifest_file = path / "manifest.json"
     if not manifest_file.exists():
         partial = path.with_name(path.name + ".partial")
@@ -84,6 +106,6 @@ def _attach_domains(data: SourceData, manifest: dict, spec: BenchmarkSpec, path:
     data.domain_names, data.train_domains, data.test_domains = names, ids[:n_train], ids[n_train:]
 
 
-def is_prepared(benchmark: str) -> bool:
+def is_prepared(spec: BenchmarkSpec) -> bool:
     """Whether a complete cache exists (its manifest is written last); cheap: the manifest is not parsed."""
-    return (prepared_dir(benchmark) / "manifest.json").exists()
+    return (prepared_dir(spec) / "manifest.json").exists()

@@ -37,8 +37,8 @@ import numpy as np
 
 from harness.core.errors import ConfigError
 from harness.core.io import atomic_write_text
-from harness.core.paths import datasets_dir
-from harness.data.cache import prepared_dir
+from harness.core.paths import cache_dir, datasets_dir
+from harness.data.cache import cache_name
 from harness.data.image_sources import HubColumns, Listing, Sample, is_hub_folder, list_folder, list_hub
 from harness.data.spec import BenchmarkSpec
 from harness.data.splits import match_listed, read_split_files, split_sha256, stratified_keys
@@ -206,9 +206,10 @@ def prepare(
     """Prepare `spec`'s cache (see the module docstring); returns its folder and manifest."""
     if spec.source.kind != "images":
         raise ConfigError(f"{spec.name}: source kind {spec.source.kind!r} needs no preparation")
-    out = prepared_dir(spec.name)
+    out = cache_dir() / "data" / cache_name(spec)
     if out.exists() and not force:
-        raise ConfigError(f"{out} already exists (prepared {spec.name}); add --force to prepare it again")
+        shared = f"; it serves every benchmark with source.cache: {spec.source.cache}" if spec.source.cache else ""
+        raise ConfigError(f"{out} already exists ({spec.name} is prepared{shared}); add --force to prepare it again")
     size = storage_size or spec.source.storage_size
     t0 = time.perf_counter()
     listing = resolve_source(spec, source, load_hub)
@@ -227,7 +228,7 @@ def prepare(
     if missing_test:
         raise ConfigError(f"split: classes {missing_test[:3]} have no test images")
     sha = split_sha256([s.key for s in train], [s.key for s in test])
-    plan = {"benchmark": spec.name, "source": listing.source, "split_sha256": sha, "storage_size": size, "classes": names}
+    plan = {"benchmark": cache_name(spec), "source": listing.source, "split_sha256": sha, "storage_size": size, "classes": names}
     part_dir = out.with_name(out.name + ".partial")
     plan_file = part_dir / "plan.json"
     fresh = not (plan_file.exists() and json.loads(plan_file.read_text()) == plan)
@@ -257,6 +258,7 @@ def prepare(
     label_of = {n: i for i, n in enumerate(names)}
     manifest = {
         "benchmark": spec.name,
+        "cache": cache_name(spec),
         "source": listing.source,
         "layout": listing.layout,
         "split_rule": rule,

@@ -50,6 +50,9 @@ class SourceSpec:
     class_pattern: str | None = None  # regex every class name must match (e.g. wnids: ^n\d{8}$)
     class_names: list[str] | None = None  # the expected class names, when known (sorted = class ids)
     storage_size: int = 256  # images stored as S×S: shorter side resized to S, centre crop
+    # name of the prepared cache, shared by benchmarks that differ only in their task split (imagenet-r-5/10/20 are
+    # decoded once); default: the benchmark's name. Sharing specs must agree on source, classes and held-out split.
+    cache: str | None = None
     # sklearn-digits only: every image under each of these rotations (degrees, counter-clockwise), one domain per
     # angle named rot<angle> (harness/data/sources.py); the domains of a domain-il benchmark
     rotations: list[int] | None = None

@@ -15,11 +15,17 @@ import hashlib
 
 import numpy as np
 
+from harness.core.errors import ConfigError
 from harness.core.seeding import derive_seed
 from harness.data.splits import stratified_split
 from harness.data.stream import TaskStream
 
 VALIDATION_FRACTION = 0.1
+
+
+def _min_per_class(fraction: float) -> int:
+    """The fewest training samples of a class that hold out one (stratified_split rounds half to even)."""
+    return next(n for n in range(1, 10**6) if int(round(fraction * n)) >= 1)
 
 
 def validation_sha256(test_split_hash: str, val_indices: list[np.ndarray]) -> str:
@@ -43,6 +49,12 @@ def hold_out(
     for task in stream.tasks:
         idx = np.sort(np.asarray(task.train_indices))
         keep, val = stratified_split(train_labels[idx], fraction, derive_seed(seed, "validation", task.index) % 2**32)
+        if len(val) == 0:  # an empty validation set would score 0.0 and silently decide the selection
+            raise ConfigError(
+                f"tune: true holds out {fraction:.0%} of each class's training samples for validation, but task "
+                f"{task.index} ({len(idx)} training samples over {len(np.unique(train_labels[idx]))} classes) keeps none "
+                f"(each class rounds to 0 samples); tune on a benchmark with at least {_min_per_class(fraction)} "
+                "training samples per class, or drop tune: true")
         train_tasks.append(dataclasses.replace(task, train_indices=idx[keep]))
         val_tasks.append(dataclasses.replace(task, train_indices=idx[keep], test_indices=idx[val]))
         held.append(idx[val])

@@ -9,8 +9,11 @@ resubmits the same call, and the requeued job resumes each unfinished cell from 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -22,7 +25,7 @@ import submitit
 from harness.config import ExecConfig, RunConfig
 from harness.core.errors import unknown
 from harness.core.paths import results_dir
-from harness.store import is_complete, run_dir, stale_reason
+from harness.store import is_finished, run_dir, stale_reason
 
 EXECUTORS = ("local", "debug")
 
@@ -33,7 +36,7 @@ class CellOutcome:
     benchmark: str
     method: str
     seed: int
-    status: str  # done | skipped | busy | failed
+    status: str  # done | skipped | busy | failed | interrupted
     message: str = ""
     traceback: str = ""
 
@@ -42,6 +45,10 @@ def run_cells(cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
     """The job body: run each cell in turn, returning outcomes as plain dicts (picklable, never raises)."""
     from harness.train.run import execute
 
+    if threading.current_thread() is threading.main_thread():
+        # dispatch() starts local jobs with SIGINT ignored (so submitit's controller survives Ctrl-C); the cells
+        # themselves take it, to record `interrupted` and stop cleanly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     out = []
     for data in cells:
         cfg = RunConfig.from_dict(data)
@@ -49,6 +56,9 @@ def run_cells(cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
         try:
             o = execute(cfg, ExecConfig(**exec_cfg), Path(root))
             out.append(asdict(CellOutcome(**base, status=o.status, message=o.message)))
+        except KeyboardInterrupt:  # Ctrl-C: this cell is recorded as interrupted; the job's other cells wait
+            out.append(asdict(CellOutcome(**base, status="interrupted", message="stopped by Ctrl-C (resumable)")))
+            break
         except Exception as exc:  # noqa: BLE001 - reported per cell
             out.append(asdict(CellOutcome(**base, status="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())))
     return out
@@ -72,9 +82,10 @@ class CellsJob(submitit.helpers.Checkpointable):
 
 
 def pending(cells: list[RunConfig], root: Path | None = None, rerun_stale: bool = False) -> list[RunConfig]:
-    """Cells without a finished result (with `rerun_stale`, also those whose result's code is stale)."""
+    """Cells without a finished result of their own (a result.json that does not match its cell is rerun); with
+    `rerun_stale`, also those whose result's code is stale."""
     return [c for c in cells
-            if not is_complete(run_dir(c, root)) or (rerun_stale and stale_reason(run_dir(c, root)))]
+            if not is_finished(run_dir(c, root), c.run_id()) or (rerun_stale and stale_reason(run_dir(c, root)))]
 
 
 def dispatch(
@@ -148,21 +159,53 @@ def dispatch(
         bar.finished([r.status for r in results])
 
     args = lambda chunk: ([c.to_dict() for c in chunk], asdict(exec_cfg), str(root))  # noqa: E731
-    while queue or running:
-        while queue and len(running) < max_parallel:
-            chunk = queue.pop(0)
-            running.append((ex.submit(CellsJob(), *args(chunk)), chunk))
-            if executor == "debug":  # DebugExecutor runs the job when its result is asked for
-                collect(*running.pop())
-        still = []
-        for job, chunk in running:
-            if job.done():
-                collect(job, chunk)
-            else:
-                still.append((job, chunk))
-        running = still
-        bar.running_now(sum(len(chunk) for _, chunk in running))
-        if running:
-            time.sleep(0.5)
+    try:
+        while queue or running:
+            while queue and len(running) < max_parallel:
+                chunk = queue.pop(0)
+                with _sigint_ignored_in_children(executor == "local"):
+                    running.append((ex.submit(CellsJob(), *args(chunk)), chunk))
+                if executor == "debug":  # DebugExecutor runs the job when its result is asked for
+                    collect(*running.pop())
+            still = []
+            for job, chunk in running:
+                if job.done():
+                    collect(job, chunk)
+                else:
+                    still.append((job, chunk))
+            running = still
+            if any(o.status == "interrupted" for o in outcomes):
+                raise KeyboardInterrupt  # a cell was stopped by Ctrl-C (debug executor: in this process)
+            bar.running_now(sum(len(chunk) for _, chunk in running))
+            if running:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        # The running cells got the same SIGINT (one process group): give them a moment to record `interrupted`
+        # and return, then stop without starting the queued jobs.
+        deadline = time.time() + INTERRUPT_GRACE_S
+        while running and time.time() < deadline:
+            running = [(job, chunk) for job, chunk in running if not job.done()]
+            time.sleep(0.2)
+        for job, _ in running:
+            job.cancel()
+        bar.close()
+        raise
     bar.close()
     return skipped + outcomes
+
+
+INTERRUPT_GRACE_S = 30.0  # how long Ctrl-C waits for running cells to record their interruption
+
+
+@contextlib.contextmanager
+def _sigint_ignored_in_children(local: bool):
+    """Start a local job with SIGINT ignored: submitit's job controller inherits it and so survives Ctrl-C (it would
+    print its own KeyboardInterrupt traceback), while the cells re-enable it in `run_cells`. Main thread only."""
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -49,9 +49,16 @@ class GridSpec:
     def validate(self, where: str) -> None:
         if isinstance(self.methods, str) and self.methods != "all":
             raise ConfigError(f"{where}.methods: give a list of method names or 'all', got {self.methods!r}")
-        for key, value in {"benchmarks": self.benchmarks, "seeds": self.seeds, "order_seeds": self.order_seeds}.items():
+        axes = {"benchmarks": self.benchmarks, "seeds": self.seeds, "order_seeds": self.order_seeds}
+        if isinstance(self.methods, list):
+            axes["methods"] = self.methods
+        for key, value in axes.items():
             if not value:
                 raise ConfigError(f"{where}.{key}: must not be empty")
+            repeated = sorted({repr(v) for v in value if value.count(v) > 1})
+            if repeated:  # [0, 0] would silently become one cell
+                raise ConfigError(f"{where}.{key}: {', '.join(repeated)} listed more than once; list each value once "
+                                  f"(for more seeds give more values, e.g. seeds: [0, 1, 2])")
 
     def method_list(self) -> list[str]:
         from harness.method.registry import method_names
@@ -97,8 +104,7 @@ def expand(grid: GridSpec) -> list[RunConfig]:
     """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
     for m in grid.method_overrides:
-        if m not in methods:
-            raise unknown("method in method_overrides", m, methods, grid.file)
+        sweep.check_grid_method(m, methods, f"{grid.file}.method_overrides")
     sweep.validate(grid, methods)
     tune = {"tune": True} if grid.tune else {}
     cells, seen = [], set()

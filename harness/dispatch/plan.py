@@ -41,17 +41,20 @@ def overrides_in_force(cell: RunConfig) -> dict[str, Any]:
 
 
 def cell_states(cells: list[RunConfig], root: Path | None = None, run_ids: list[str] | None = None) -> dict[str, str]:
-    """run_id → done | stale (finished, its code changed since) | failed | to run, from the run directories (no queue
-    is asked). `run_ids`: the cells' run ids where the caller has them (hashing a config is most of this loop's cost
-    on a large grid)."""
-    from harness.store import load_result, result_stale_reason, run_dir
+    """run_id → done | stale (finished, its code changed since) | failed | interrupted | mismatch | to run, from the
+    run directories (no queue is asked). Every state but done and stale is run by the next `grid`/`reproduce`
+    (dispatch runs each cell without its own result; stale cells only with --rerun-stale). `run_ids`: the cells' run
+    ids where the caller has them (hashing a config is most of this loop's cost on a large grid)."""
+    from harness.store import INTERRUPTED, mismatch_of, read_complete, result_stale_reason, run_dir
 
     out = {}
     for c, rid in zip(cells, run_ids or [c.run_id() for c in cells]):
         d = run_dir(c, root, rid)
-        result = load_result(c, root, rid)
-        if result is not None:
-            out[rid] = "stale" if result_stale_reason(result) else "done"
+        r = read_complete(d)
+        if r is not None:
+            out[rid] = "mismatch" if mismatch_of(r, rid) else "stale" if result_stale_reason(r) else "done"
+        elif (d / INTERRUPTED).exists():
+            out[rid] = "interrupted"
         else:
             out[rid] = "failed" if (d / "error.json").exists() else "to run"
     return out
@@ -88,25 +91,28 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
         extra = {k: v for k, v in overrides[(bench, method, setting)].items() if (k, repr(v)) not in common_keys}
         rows.append({
             "benchmark": bench, "method": method, **({"setting": setting} if setting_of else {}),
-            "to run": st.count("to run"), "done": st.count("done"), "stale": st.count("stale"),
-            "failed": st.count("failed"), "inputs": "ready" if not blocked & {rid_of[id(c)] for c in group} else "MISSING",
+            "to run": len(st) - st.count("done") - st.count("stale"), "done": st.count("done"),
+            "stale": st.count("stale"), "failed": st.count("failed"), "interrupted": st.count("interrupted"),
+            "mismatch": st.count("mismatch"),
+            "inputs": "ready" if not blocked & {rid_of[id(c)] for c in group} else "MISSING",
             "benchmark data": readiness.prepared.get(bench, "?"),
             "epochs": "/".join(sorted({f"{c.train.epochs}" + (f"×{c.train.epoch_repeats}" if c.train.epoch_repeats > 1 else "")
                                        for c in group})),
             "overrides beyond the benchmark's protocol": _fmt(extra),
         })
     frame = pd.DataFrame(rows)
-    if len(frame) and not frame["stale"].any():
-        frame = frame.drop(columns="stale")  # the column only when some cell is stale
-    todo = int(frame["to run"].sum()) if len(frame) else 0
-    stale = int(frame["stale"].sum()) if "stale" in frame else 0
-    out = [f"plan for {name}: {len(cells)} cells — {todo} to run, "
-           f"{int(frame['done'].sum()) if len(frame) else 0} done, "
-           + (f"{stale} stale (finished, but their code changed since; kept, rerun with --rerun-stale), " if stale else "")
-           + f"{int(frame['failed'].sum()) if len(frame) else 0} failed"
-           f" (failed cells rerun with --retry-failed); {len(readiness.unready)} blocked by missing inputs", ""]
+    keys = ("to run", "done", "stale", "failed", "interrupted", "mismatch")
+    total = {k: int(frame[k].sum()) if len(frame) else 0 for k in keys}
+    rerun = [f"{total[k]} {k}" for k in ("failed", "interrupted", "mismatch") if total[k]]
+    which = (f" (including {', '.join(rerun)}: this command reruns them; --retry-failed runs only the failed)"
+             if rerun else "")
+    stale = (f", {total['stale']} stale (finished, but their code changed since; kept, rerun with --rerun-stale)"
+             if total["stale"] else "")
+    out = [f"plan for {name}: {len(cells)} cells — {total['to run']} to run{which}, {total['done']} done{stale}; "
+           f"{len(readiness.unready)} blocked by missing inputs", ""]
     if len(frame):
-        out.append(markdown_table(frame))
+        shown = frame.drop(columns=[k for k in ("stale", "interrupted", "mismatch") if not total[k]])
+        out.append(markdown_table(shown))
     if common:
         out += ["", "overrides in every cell: " + _fmt(common)]
     if resolved is not None and resolved.spec.grid is None:

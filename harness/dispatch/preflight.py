@@ -44,12 +44,17 @@ class Readiness:
 
 
 def _prepare_fix(spec) -> str:
-    """The exact `clmerge prepare` command for a benchmark (Hub default where the spec has one)."""
-    cmd = f"clmerge prepare {spec.name}"
+    """The exact `clmerge prepare` command for a benchmark (Hub default where the spec has one), with the `--results`
+    in force so the data lands where the runs look."""
+    from harness.data.cache import clmerge_command
+
+    cmd = f"{clmerge_command()} prepare {spec.name}"
     if spec.source.hub is None:
         cmd += " --source DIR"
     if needs_class_list(spec) and spec.source.classes_file is None:
-        cmd += f" --classes CLASSES.txt   # the {spec.num_classes} class names, one per line (or --split-file the lists)"
+        cmd += (f" --classes CLASSES.txt   # the {spec.num_classes} class names, one per line (or --split-file the "
+                "lists). This list is not public: it comes from the paper's code base (docs/benchmarks.md, "
+                f"{spec.name}); without it the {spec.name} rows cannot run")
     elif spec.source.hub is not None:
         cmd += f"   # from the Hub dataset {spec.source.hub.id}; or --source DIR for a local copy"
     return cmd
@@ -60,7 +65,7 @@ def needs_class_list(spec) -> bool:
     return spec.source.domains is not None and spec.num_classes < DOMAINNET_CLASSES
 
 
-def _split_rule(benchmark: str) -> str:
+def _split_rule(spec) -> str:
     """How the prepared cache was split (its manifest's `split_rule`, shortened), so the plan shows which split the
     runs will use (e.g. the official CUB split, not the PILOT folder a paper used)."""
     import json
@@ -68,7 +73,7 @@ def _split_rule(benchmark: str) -> str:
     from harness.data.cache import prepared_dir
 
     try:
-        rule = json.loads((prepared_dir(benchmark) / "manifest.json").read_text()).get("split_rule", "?")
+        rule = json.loads((prepared_dir(spec) / "manifest.json").read_text()).get("split_rule", "?")
     except (OSError, ValueError):
         return "manifest unreadable"
     return str(rule).split(" (")[0]
@@ -76,21 +81,23 @@ def _split_rule(benchmark: str) -> str:
 
 def _benchmark_problem(cfg: RunConfig) -> tuple[str, Problem | None]:
     from harness.core.paths import datasets_dir
-    from harness.data.cache import is_prepared
+    from harness.data.cache import cache_name, is_prepared
     from harness.data.protocol import run_spec
 
     spec = run_spec(cfg)
     if spec.source.kind != "images":
         return "embedded", None
-    if is_prepared(spec.name):
-        return f"prepared: {_split_rule(spec.name)}", None
+    if is_prepared(spec):
+        return f"prepared: {_split_rule(spec)}", None
     if spec.source.classes_file is not None:
         f = spec.source.classes_file
         path = f if os.path.isabs(f) else str(datasets_dir() / f)
         if not os.path.exists(path):
             return "not prepared", Problem("class list missing", spec.name, f"the class list {f} does not exist",
                                            f"write {path} (one class name per line), then {_prepare_fix(spec)}")
-    return "not prepared", Problem("benchmark not prepared", spec.name, "no prepared cache yet (decoded once, then read by every run)",
+    shared = f"; shared by every benchmark with source.cache: {spec.source.cache}" if spec.source.cache else ""
+    return "not prepared", Problem("benchmark not prepared", cache_name(spec),
+                                   f"no prepared cache yet (decoded once, then read by every run{shared})",
                                    _prepare_fix(spec))
 
 

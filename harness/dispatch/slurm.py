@@ -33,7 +33,7 @@ from harness.core.schema import load_yaml
 from harness.dispatch.executors import CellsJob
 from harness.dispatch.slurm_limits import Limits, cluster_limits, combine, jobs_in_queue, wave_sizes
 from harness.dispatch.slurm_queue import QueueError, _record, ledger_lock, slurm_dir
-from harness.dispatch.status import cell_statuses
+from harness.dispatch.status import TO_RUN, cell_statuses
 
 
 @dataclass
@@ -153,10 +153,11 @@ def _cells_to_submit(statuses, retry_failed: bool, already: dict[str, str],
         rid = st.cfg.run_id()
         if rid in already:  # this submitter's own earlier wave
             continue
-        if st.state == "failed" or (st.state == "todo" and not retry_failed) or (st.state == "stale" and rerun_stale):
+        if (st.state == "failed" or (st.state in TO_RUN and not retry_failed)
+                or (st.state == "stale" and rerun_stale)):
             todo.append(st.cfg)
-        elif st.state == "todo":
-            skipped[rid] = "not failed (never submitted)"
+        elif st.state in TO_RUN:
+            skipped[rid] = f"not failed ({'never submitted' if st.state == 'todo' else st.state})"
         else:
             skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
     return todo, skipped

@@ -21,9 +21,10 @@ from harness.config import RunConfig
 from harness.core.io import file_lock
 from harness.core.paths import results_dir
 from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_ledger
-from harness.store import load_result, result_stale_reason, run_dir
+from harness.store import INTERRUPTED, mismatch_of, read_complete, result_stale_reason, run_dir
 
-STATES = ("done", "stale", "running", "pending", "failed", "todo", "unknown")
+STATES = ("done", "stale", "running", "pending", "failed", "interrupted", "mismatch", "todo", "unknown")
+TO_RUN = ("todo", "interrupted", "mismatch")  # not failed, not done: submitted by a plain run, not by --retry-failed
 
 
 @dataclass
@@ -70,8 +71,10 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
     rids = [c.run_id() for c in cells]  # once per cell: hashing a config is most of status's own cost
     dirs = [run_dir(c, root, rid) for c, rid in zip(cells, rids)]
     entries = {rid: ledger.get(rid, []) for rid in rids}
-    results = {rid: r for c, rid in zip(cells, rids) if (r := load_result(c, root, rid)) is not None}  # parsed once
-    complete = set(results)
+    results = {rid: r for rid, d in zip(rids, dirs) if (r := read_complete(d)) is not None}  # parsed once
+    mismatches = {rid: mismatch_of(r, rid, d / "result.json") for (rid, r), d in
+                  zip(results.items(), [d for rid, d in zip(rids, dirs) if rid in results])}
+    complete = {rid for rid in results if not mismatches[rid]}
     # SLURM is asked only about unfinished cells' jobs: a finished grid of 10,000 cells costs no squeue/sacct lines
     ids = [e["job_id"] for rid, es in entries.items() if rid not in complete for e in es]
     try:
@@ -83,6 +86,7 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
         es = entries[rid]
         last = es[-1] if es else None
         jid = last["job_id"] if last else ""
+        mismatch = mismatches.get(rid, "")
         if rid in complete:
             try:
                 wall = results[rid]["timings"]["wall_seconds"]
@@ -103,6 +107,14 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
             continue
         if es and queue_error:
             out.append(CellStatus(c, "unknown", jid, detail=queue_error, run_id=rid))
+            continue
+        if mismatch:
+            out.append(CellStatus(c, "mismatch", jid, detail=f"{mismatch}; running the grid again replaces it",
+                                  run_id=rid))
+            continue
+        if (d / INTERRUPTED).exists():
+            out.append(CellStatus(c, "interrupted", jid, detail="stopped by Ctrl-C; running the grid again resumes it",
+                                  run_id=rid))
             continue
         err = d / "error.json"
         if last is None and not err.exists():
@@ -134,12 +146,13 @@ def format_statuses(statuses: list[CellStatus], setting_of=None) -> str:
     labels = [setting_of(s.cfg) for s in statuses] if setting_of else []
     width = max([len("setting"), *map(len, labels)])
     head = f"{'setting':<{width}}  " if setting_of else ""
-    lines = [f"{'state':<8} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {head}{'seed':>4}  run"]
+    w = max([8] + [len(s.state) for s in statuses])  # 8 unless an `interrupted` row needs more
+    lines = [f"{'state':<{w}} {'job':<12} {'elapsed':>10}  {'benchmark':<18} {'method':<14} {head}{'seed':>4}  run"]
     for i, s in enumerate(statuses):
         c = s.cfg
         setting = f"{labels[i]:<{width}}  " if setting_of else ""
         lines.append(
-            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {setting}{c.seed:>4}  {s.run_id}"
+            f"{s.state:<{w}} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {setting}{c.seed:>4}  {s.run_id}"
             + (f"  {s.detail}" if s.detail and s.state != "failed" else "")
         )
     for s in statuses:

@@ -44,15 +44,28 @@ def swept_keys(grid) -> list[str]:
     return keys
 
 
+def check_grid_method(name: str, methods: list[str], where: str) -> None:
+    """A per-method section (method_overrides, method_sweep) must name one of the grid's methods; a registered method
+    left out of `methods:` is told apart from an unknown one."""
+    from harness.method.registry import method_names
+
+    if name in methods:
+        return
+    if name in method_names():
+        raise ConfigError(f"{where}.{name}: {name!r} is a registered method but not one of this grid's methods "
+                          f"({', '.join(methods)}); add it to `methods:` or remove its entry")
+    raise unknown("method", name, method_names(), where)
+
+
 def validate(grid, methods: list[str]) -> None:
     """Refuse a bad sweep before any cell runs, naming the key (and method) at fault."""
     from harness.config import valid_override_keys
+    from harness.core.schema import field_names
     from harness.method.registry import get_method
     from harness.resolve import resolve
 
     for m in grid.method_sweep:
-        if m not in methods:
-            raise unknown("method in method_sweep", m, methods, grid.file)
+        check_grid_method(m, methods, f"{grid.file}.method_sweep")
     where_of = {k: f"{grid.file}.sweep.{k}" for k in grid.sweep}
     for method in methods:
         valid = valid_override_keys(get_method(method).Params)
@@ -64,6 +77,8 @@ def validate(grid, methods: list[str]) -> None:
             if key not in valid:
                 hint = (" (a method's own key belongs in method_sweep: {METHOD: {...}})"
                         if key.startswith("method.") and key in grid.sweep else "")
+                if key.startswith("method.") and not field_names(get_method(method).Params):
+                    hint = f" (method {method!r} has no parameters: no method.* key applies to it)"
                 raise ConfigError(f"{where}: unknown key {key!r} for method {method!r}{hint}; valid keys: {', '.join(valid)}")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: give a non-empty list of values, got {values!r}")

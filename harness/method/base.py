@@ -112,8 +112,9 @@ class Method:
         return task.train_indices
 
     def parameter_groups(self, model: "CLModel", task: "Task") -> list[dict]:
-        groups = [{"params": model.adapter_parameters(self.adapter_name(task)), "lr": self.train_cfg.lr_lora}]
-        groups.append({"params": list(model.heads.heads[-1].parameters()), "lr": self.train_cfg.lr_head})
+        # "name": the group's tag in tracking (train/lr/<name>); the optimiser ignores it
+        groups = [{"params": model.adapter_parameters(self.adapter_name(task)), "lr": self.train_cfg.lr_lora, "name": "lora"}]
+        groups.append({"params": list(model.heads.heads[-1].parameters()), "lr": self.train_cfg.lr_head, "name": "head"})
         return groups
 
     def training_loss(self, model: "CLModel", x: torch.Tensor, y: torch.Tensor, task: "Task") -> torch.Tensor:

@@ -196,7 +196,8 @@ def report(
     md += "\n".join(stale_lines(runs, name) + failed_lines(runs, name))
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], agg.to_csv(index=False))
-    atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS))
+    failed_notes = [x[2:] for x in failed_lines(runs, name) if x.startswith("- ")]
+    atomic_write_text(paths["latex"], aggregate_latex(agg, name, COLUMNS, failed_notes))
     if runs["done"].any():
         plot(runs, paths["plot"], name)
         for key, label in COLUMNS[:2]:  # A_last and A_avg: method × benchmark means

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, config_hash
+from harness.config import RunConfig
 from harness.core.io import atomic_write_text, read_json
 from harness.core.paths import results_dir
 from harness.math.metrics import mean_std
-from harness.store import RESULT, is_complete, run_dir
+from harness.store import RESULT, is_complete, result_mismatch, run_dir
 
 # The data side, re-exported: callers (CLI, tests, other modules) import these from here.
 from harness.report.tables import (  # noqa: F401
@@ -95,13 +95,11 @@ def load_cell_results(cells: list[RunConfig], root: Path) -> CellResults:
     for c in cells:
         rid, d = c.run_id(), run_dir(c, root)
         if is_complete(d):
-            r = read_json(d / RESULT)
-            if r.get("run_id") != rid:
-                out.mismatched[rid] = f"{d / RESULT}: run_id {r.get('run_id')!r}, the cell's is {rid!r}"
-            elif config_hash(r.get("config", {})) != rid:
-                out.mismatched[rid] = f"{d / RESULT}: its config hashes to {config_hash(r.get('config', {}))}, not {rid}"
+            why = result_mismatch(d, rid)
+            if why:
+                out.mismatched[rid] = why + " (the next run of the cell replaces it)"
             else:
-                out.results[rid] = r
+                out.results[rid] = read_json(d / RESULT)
             continue
         err = d / "error.json"
         if err.exists():

@@ -38,43 +38,107 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
 
 
+def row_labels(lines: list[Line]) -> list[str]:
+    """'benchmark · method' per row, made unique: rows that share it also name their published source (paper's table),
+    then the published id."""
+    base = [f"{ln.entry.benchmark} · {ln.entry.label}" for ln in lines]
+    out = list(base)
+    for label in {b for b in base if base.count(b) > 1}:
+        idx = [i for i, b in enumerate(base) if b == label]
+        for i in idx:
+            p = lines[i].entry.published
+            out[i] = f"{label} · {p.table.split(' (')[0]}" if p is not None else f"{label} · ours only"
+        if len({out[i] for i in idx}) < len(idx):
+            for i in idx:
+                p = lines[i].entry.published
+                out[i] = f"{label} · {p.id}" if p is not None else f"{label} · {i}"
+    return out
+
+
+OFF_SCALE_FACTOR = 4.0  # a row whose |Δ| exceeds this many times the panel's typical |Δ| is drawn off-scale
+
+
+def delta_scale(deltas: list[float], bounds: list[float]) -> float:
+    """The half-width (pp) of a Δ panel's axis: wide enough for every bound and for the typical rows, so 1–2 pp
+    differences stay readable; a row beyond it is an outlier drawn at the edge with its value written out.
+
+        scale = max(2 · max bound, OFF_SCALE_FACTOR · median |Δ|, 2 pp)"""
+    typical = float(np.median(np.abs(deltas))) if deltas else 0.0
+    return max(2.0 * max(bounds, default=0.0), OFF_SCALE_FACTOR * typical, 2.0)
+
+
 def plot_delta(resolved: ResolvedTable, lines: list[Line], path: Path) -> bool:
     """Δ = ours − published per row (a dot; bar: ±2 standard errors of the difference), the row's ±bound as a shaded
-    band, coloured by verdict; rows without our numbers are left out (counted in the title). False: nothing to draw."""
+    band, coloured by verdict; one panel per metric, each on its own axis (`delta_scale`) so a −30 pp row cannot
+    squash 1 pp rows: an off-scale row is an arrow at the panel's edge with its Δ written beside it. Rows without our
+    numbers are left out (counted in the title). False: nothing to draw."""
     import math
 
     rows = [ln for ln in lines if ln.entry.published is not None and ln.n and _finite(ln.delta)]
     if not rows:
         return False
+    metrics = list(dict.fromkeys(ln.entry.metric for ln in rows))
+    panels = [[ln for ln in rows if ln.entry.metric == m] for m in metrics]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(rows)))
-    for y, ln in enumerate(rows):
-        p = ln.entry.published
-        se2 = (ln.std**2 / ln.n if ln.n > 1 and _finite(ln.std) else 0.0) + (
-            (p.std**2 / (ln.n_published or 1)) if p.std is not None else 0.0)
-        color = VERDICT_COLORS.get(ln.verdict, "tab:purple")
-        judged = ln.verdict in (REPRODUCED, DIFFERS)
-        ax.fill_betweenx([y - 0.4, y + 0.4], -ln.bound, ln.bound, color="tab:green" if judged else "tab:gray",
-                         alpha=0.12, linewidth=0)
-        ax.errorbar(ln.delta, y, xerr=2 * math.sqrt(se2), fmt="o", color=color, ecolor=color, capsize=3, markersize=5)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{ln.entry.benchmark} · {ln.entry.label} · {METRICS[ln.entry.metric]}" for ln in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("Δ = ours − published (pp): dot ± 2 standard errors; shaded: ±bound (reproduced inside)")
-    ax.grid(axis="x", alpha=0.3)
+    heights = [len(p) + 1.2 for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 1.3 + 0.3 * sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, metric, panel in zip(axes[:, 0], metrics, panels):
+        scale = delta_scale([ln.delta for ln in panel], [ln.bound for ln in panel])
+        for y, ln in enumerate(panel):
+            p = ln.entry.published
+            se2 = (ln.std**2 / ln.n if ln.n > 1 and _finite(ln.std) else 0.0) + (
+                (p.std**2 / (ln.n_published or 1)) if p.std is not None else 0.0)
+            color = VERDICT_COLORS.get(ln.verdict, "tab:purple")
+            judged = ln.verdict in (REPRODUCED, DIFFERS)
+            ax.fill_betweenx([y - 0.4, y + 0.4], -ln.bound, ln.bound, color="tab:green" if judged else "tab:gray",
+                             alpha=0.12, linewidth=0)
+            if abs(ln.delta) <= scale:
+                ax.errorbar(ln.delta, y, xerr=2 * math.sqrt(se2), fmt="o", color=color, ecolor=color, capsize=3,
+                            markersize=5)
+            else:  # off-scale: an arrow at the edge, the value written inside the panel
+                edge = math.copysign(scale, ln.delta)
+                ax.plot(edge, y, marker=">" if ln.delta > 0 else "<", color=color, markersize=8, clip_on=False)
+                ax.annotate(f"{ln.delta:+.1f} pp (off scale)", (edge, y), xytext=(-6 if ln.delta > 0 else 6, 0),
+                            textcoords="offset points", ha="right" if ln.delta > 0 else "left", va="center",
+                            fontsize=7, color=color)
+        ax.set_xlim(-scale * 1.08, scale * 1.08)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(panel)))
+        ax.set_yticklabels(row_labels(panel), fontsize=8)
+        ax.set_ylim(len(panel) - 0.5, -0.5)
+        ax.set_title(METRICS[metric], fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("Δ = ours − published (pp)", fontsize=8)
     left = len([ln for ln in lines if ln.entry.published is not None]) - len(rows)
-    ax.set_title(f"{resolved.spec.name}: Δ per row" + (f" ({left} rows without our numbers not shown)" if left else ""),
+    fig.suptitle(f"{resolved.spec.name}: Δ per row" + (f" ({left} rows without our numbers not shown)" if left else ""),
                  fontsize=10)
     present = {ln.verdict for ln in rows}
     shown = [v for v in VERDICT_COLORS if v in present] + sorted(present - set(VERDICT_COLORS))
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=VERDICT_COLORS.get(v, "tab:purple"), label=v) for v in shown]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.text(0.5, 0.005 + 0.3 / fig.get_figheight(), "dot ± 2 standard errors; shaded: ±bound (reproduced inside); "
+             "each panel has its own scale", ha="center", fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     _savefig(fig, path)
     plt.close(fig)
     return True
+
+
+HEATMAP_MIN_SPAN = 20.0  # pp: the colour scale spans at least this much, so a sub-point gap is not a full colour swing
+
+
+def heatmap_range(values: np.ndarray) -> tuple[float, float]:
+    """The colour range of a heatmap of percentages: the data's range widened symmetrically to HEATMAP_MIN_SPAN pp,
+    kept inside [0, 100] where the data is. A 0.8 pp gap then takes 4 % of the colour scale, not all of it."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(0.0, HEATMAP_MIN_SPAN - (hi - lo)) / 2
+    lo, hi = lo - pad, hi + pad
+    if lo < 0 <= float(np.nanmin(values)):
+        lo, hi = 0.0, max(hi - lo, HEATMAP_MIN_SPAN)
+    if hi > 100 >= float(np.nanmax(values)):
+        lo, hi = min(lo - (hi - 100), 100 - HEATMAP_MIN_SPAN), 100.0
+    return lo, hi
 
 
 def plot_heatmap(table: pd.DataFrame, path: Path, title: str, label: str = "accuracy (%)") -> bool:
@@ -85,18 +149,21 @@ def plot_heatmap(table: pd.DataFrame, path: Path, title: str, label: str = "accu
     if values.isna().all().all():
         return False
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * values.shape[1], 1.4 + 0.45 * values.shape[0]))
-    im = ax.imshow(values.to_numpy(), cmap="viridis", aspect="auto")
+    width = max(4.5, 1.6 + 0.75 * values.shape[1])  # wide enough for the title (wrapped) and the colour bar
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.45 * values.shape[0]))
+    vmin, vmax = heatmap_range(values.to_numpy())
+    im = ax.imshow(values.to_numpy(), cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(values.shape[1]))
     ax.set_xticklabels(values.columns, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(values.shape[0]))
     ax.set_yticklabels(values.index, fontsize=8)
-    lo, hi = np.nanmin(values.to_numpy()), np.nanmax(values.to_numpy())
     for (i, j), v in np.ndenumerate(values.to_numpy()):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                    color="white" if v < (lo + hi) / 2 else "black")
-    ax.set_title(title, fontsize=9)
+                    color="white" if v < (vmin + vmax) / 2 else "black")
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
     _savefig(fig, path)

@@ -8,13 +8,16 @@ benchmarks, ours ± std beside the published number, a verdict mark — and as o
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from harness.core.markdown import markdown_table
 from harness.report.tables import METRICS, NOTE_SEPARATOR, ResolvedTable
 from harness.report.verdicts import (
+    CONFLICT,
     DIFFERS,
     FAILED,
+    NO_IMPLEMENTATION,
     NOT_RUN,
     PARTIAL,
     PROTOCOL_DIFFERS,
@@ -80,16 +83,27 @@ def _grouped(lines: list[Line]) -> list[Line]:
     return sorted(lines, key=lambda ln: order[ln.entry.benchmark])  # stable
 
 
+# The research notes' verification tags ("[V N-en]", "[V SDL imgs/results1.jpg]", "[? P&M]"): bookkeeping for us,
+# noise in a paper's footnote; published.csv keeps them.
+_INTERNAL_TAG = re.compile(r"\s*\[(?:V|\?)(?:\s[^\]]*)?\]")
+
+
+def public_note(text: str) -> str:
+    """A note as a reader sees it: internal verification tags removed."""
+    return re.sub(r"\s+([:;,.])", r"\1", _INTERNAL_TAG.sub("", text)).strip()
+
+
 def _notes(lines: list[Line]) -> tuple[dict[int, list[int]], list[str]]:
-    """Footnote numbers per line (by id) and the distinct note texts (published notes split at NOTE_SEPARATOR)."""
+    """Footnote numbers per line (by id) and the distinct note texts (published notes split at NOTE_SEPARATOR,
+    internal tags removed)."""
     texts: list[str] = []
     refs: dict[int, list[int]] = {}
     for ln in lines:
         parts = []
         if ln.entry.published and ln.entry.published.note:
-            parts += [p.strip() for p in ln.entry.published.note.split(NOTE_SEPARATOR) if p.strip()]
+            parts += [public_note(p) for p in ln.entry.published.note.split(NOTE_SEPARATOR) if public_note(p)]
         if ln.entry.note:
-            parts += [p.strip() for p in ln.entry.note.split(NOTE_SEPARATOR) if p.strip()]
+            parts += [public_note(p) for p in ln.entry.note.split(NOTE_SEPARATOR) if public_note(p)]
         if ln.entry.conflict:
             parts.append(f"published conflict: {ln.entry.conflict}")
         if ln.entry.missing:
@@ -331,33 +345,64 @@ TEX_METRICS = {"a_last": r"$A_\mathrm{last}$", "a_avg": r"$A_\mathrm{avg}$", "fo
 
 # Verdict marks after our number in the paper-shaped LaTeX table (no extra packages needed).
 TEX_MARKS = {REPRODUCED: r"$^{\surd}$", DIFFERS: r"$^{\times}$", PROTOCOL_DIFFERS: r"$^{\sim}$", PARTIAL: r"$^{p}$",
-             FAILED: r"$^{f}$"}
+             FAILED: r"$^{f}$", CONFLICT: r"$^{c}$"}
+NO_IMPLEMENTATION_TEXT = "n/i"  # in the Ours column instead of "--" (not run)
 TEX_MARK_LEGEND = (r"$^{\surd}$ reproduced, $^{\times}$ differs, $^{\sim}$ protocol differs (no verdict), "
-                   r"$^{p}$ partial (fewer seeds than asked: no verdict), $^{f}$ a cell failed; -- not run")
+                   r"$^{p}$ partial (fewer seeds than asked: no verdict), $^{f}$ a cell failed, "
+                   r"$^{c}$ the source gives conflicting numbers (no verdict); n/i no implementation in clmerge; "
+                   r"-- not run")
 
 
 def tex_escape(text: str) -> str:
-    """Plain text → LaTeX (special characters escaped, a few Unicode symbols as math)."""
-    return "".join(_TEX_MAP.get(ch, ch) for ch in str(text))
+    """Plain text → LaTeX (special characters escaped, a few Unicode symbols as math). A run of hyphens stays hyphens
+    (`--source` must not typeset as an en dash): each hyphen followed by another gets an empty group, `-{}-`."""
+    text = str(text)
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "-" and text[i + 1:i + 2] == "-":
+            out.append("-{}")
+        else:
+            out.append(_TEX_MAP.get(ch, ch))
+    return "".join(out)
 
 
 def _comment(s: str) -> str:
     return "% " + str(s).replace("\n", " ")
 
 
+WIDE_COLUMNS = 6  # a table with more columns spans both columns of a two-column paper (table*)
+TEX_PACKAGES = r"\usepackage{booktabs,graphicx}"
+
+
 def _styler_latex(table: pd.DataFrame, caption: str, label: str, column_format: str, index: bool = True) -> str:
-    """pandas' Styler → a booktabs table (cells and labels already LaTeX; no multirow, so no extra package)."""
+    """pandas' Styler → a booktabs table (cells and labels already LaTeX; no multirow), made to fit a two-column
+    paper: more than WIDE_COLUMNS columns → `table*` (both columns); the tabular is shrunk to the line width when
+    wider, never enlarged (`\resizebox` of graphicx)."""
     style = table.style if index else table.style.hide(axis="index")
-    return style.to_latex(
+    tex = style.to_latex(
         caption=caption, label=label, position="t", position_float="centering", hrules=True,
         column_format=column_format, multicol_align="c", sparse_index=False,
     )
+    start, end = tex.index("\\begin{tabular}"), tex.index("\\end{tabular}") + len("\\end{tabular}")
+    tex = (tex[:start] + "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"
+           + tex[start:end] + "%\n}" + tex[end:])
+    if len(column_format) > WIDE_COLUMNS:
+        tex = tex.replace("\\begin{table}", "\\begin{table*}").replace("\\end{table}", "\\end{table*}")
+    return tex
+
+
+def _with_footnotes(tex: str, foot: list[str]) -> str:
+    """The table's footnotes under the tabular, inside the float (whichever: table or table*)."""
+    if not foot:
+        return tex
+    end = "\\end{table*}" if "\\end{table*}" in tex else "\\end{table}"
+    return tex.replace(end, "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(foot) + "\n" + end)
 
 
 def render_latex(resolved: ResolvedTable, lines: list[Line], env: dict[str, Any]) -> str:
     """A booktabs table (needs \\usepackage{booktabs}) in the paper's shape, then notes; environment as comments."""
     spec = resolved.spec
-    head = [_comment(f"clmerge leaderboard table '{spec.name}' (harness/report/table_render.py). Requires \\usepackage{{booktabs}}."),
+    head = [_comment(f"clmerge leaderboard table '{spec.name}' (harness/report/table_render.py). Requires {TEX_PACKAGES}."),
             _comment(f"Published: {spec.source}")]
     if spec.grid is None:
         head.append(_comment(f"Rule (tolerance {spec.tolerance:.2f} pp): {VERDICT_RULE}"))
@@ -390,7 +435,7 @@ def _paper_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
         while label in rows and (bench, sub, "Ours") in rows[label]:  # the same method twice (e.g. logged runs)
             k += 1
             label = f"{name} ({k})"
-        ours = "--"
+        ours = NO_IMPLEMENTATION_TEXT if ln.verdict == NO_IMPLEMENTATION else "--"
         if e.implemented and ln.n:
             ours = f"{ln.mean:.2f}" + (rf"$\pm${ln.std:.2f}" if _finite(ln.std) else "")
         ours += TEX_MARKS.get(ln.verdict, "")
@@ -406,10 +451,7 @@ def _paper_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
     caption = (tex_escape(caption) + r". Ours: mean $\pm$ std over the finished seeds; marks: " + TEX_MARK_LEGEND + ".")
     out = _styler_latex(table, caption, f"tab:clmerge-{spec.name}", "l" + "rr" * len(columns))
     foot = _reconstructions(lines, tex=True) + [f"{i}. {tex_escape(t)}" for i, t in enumerate(notes, 1)]
-    if foot:
-        note_block = "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(foot) + "\n"
-        out = out.replace("\\end{table}", note_block + "\\end{table}")
-    return out
+    return _with_footnotes(out, foot)
 
 
 def _grid_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
@@ -420,14 +462,13 @@ def _grid_latex(resolved: ResolvedTable, lines: list[Line]) -> str:
     table.columns = ["Benchmark", "Method", *(TEX_METRICS[m] for m in metrics), "n"]
     caption = tex_escape(spec.title or spec.description) + r". Mean $\pm$ std over n seeds."
     out = _styler_latex(table, caption, f"tab:clmerge-{spec.name}", "ll" + "r" * len(metrics) + "r", index=False)
-    recon = _reconstructions(lines, tex=True)
-    if recon:
-        out = out.replace("\\end{table}", "\\par\\smallskip\\footnotesize\n" + "\\\\\n".join(recon) + "\n\\end{table}")
-    return out
+    status = [tex_escape(x.replace("`", "")) for x in _status_lines(lines, f"clmerge status {spec.name}")]
+    return _with_footnotes(out, _reconstructions(lines, tex=True) + status)
 
 
-def aggregate_latex(agg: pd.DataFrame, name: str, columns: list[tuple[str, str]]) -> str:
-    """A grid report's aggregate (harness/report/grid_report.py `aggregate`) as a booktabs table: mean ± std in %, n."""
+def aggregate_latex(agg: pd.DataFrame, name: str, columns: list[tuple[str, str]], footnotes: list[str] = ()) -> str:
+    """A grid report's aggregate (harness/report/grid_report.py `aggregate`) as a booktabs table: mean ± std in %, n
+    (failed cells counted), † on reconstructed methods with their footnote, then `footnotes` (the Markdown's)."""
     import math
 
     def cell(mean: float, std: float) -> str:
@@ -436,11 +477,19 @@ def aggregate_latex(agg: pd.DataFrame, name: str, columns: list[tuple[str, str]]
         return f"{100 * mean:.2f}" + (rf"$\pm${100 * std:.2f}" if not math.isnan(std) else "")
 
     table = agg[["benchmark", "method"]].map(tex_escape)
+    recon = agg["reconstruction"].astype(bool) if "reconstruction" in agg else [False] * len(agg)
+    table["method"] = [m + (r"$^\dagger$" if r else "") for m, r in zip(table["method"], recon)]
     for key, label in columns:
         table[tex_escape(label).replace("A\\_last", r"$A_\mathrm{last}$").replace("A\\_avg", r"$A_\mathrm{avg}$")] = [
             cell(m, s) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"])]
-    table["n"] = [f"{n}" if n == c else f"{n}/{c}" for n, c in zip(agg["n"], agg["cells"])]
+    failed = agg["failed"] if "failed" in agg else [0] * len(agg)
+    table["n"] = [(f"{n}" if n == c else f"{n}/{c}") + (f" ({k} failed)" if k else "")
+                  for n, c, k in zip(agg["n"], agg["cells"], failed)]
     table = table.rename(columns={"benchmark": "Benchmark", "method": "Method"})
-    head = _comment(f"clmerge grid report '{name}' (harness/report/grid_report.py). Requires \\usepackage{{booktabs}}.")
+    head = _comment(f"clmerge grid report '{name}' (harness/report/grid_report.py). Requires {TEX_PACKAGES}.")
     caption = tex_escape(f"{name}: mean ± std over n seeds (%)")
-    return head + "\n" + _styler_latex(table, caption, f"tab:clmerge-{name}", "ll" + "r" * (len(columns) + 1), index=False)
+    tex = _styler_latex(table, caption, f"tab:clmerge-{name}", "ll" + "r" * (len(columns) + 1), index=False)
+    notes = dict.fromkeys((m, t) for m, t in zip(agg["method"], agg.get("reconstruction", [""] * len(agg))) if t)
+    foot = [rf"$^\dagger$ \texttt{{{tex_escape(m)}}} is (partly) a reconstruction: {tex_escape(t)}" for m, t in notes]
+    foot += [tex_escape(x.replace("`", "")) for x in footnotes]
+    return head + "\n" + _with_footnotes(tex, foot)

@@ -48,6 +48,7 @@ def save_epoch_checkpoint(
         "scheduler": sched.state_dict(),
         "batches": rng_to_host(g.get_state()),
         "grad_norms": grad_norms,
+        "steps_done": s.steps_done,
         # Nothing in the loop should draw from the global RNGs; saved anyway so that a library that does
         # (e.g. dropout) still resumes exactly.
         "torch_rng": rng_to_host(torch.get_rng_state()),
@@ -72,6 +73,7 @@ def load_epoch_checkpoint(path: Path, s: Setup, task: Task) -> dict | None:
     if ckpt["task"] != task.index:  # stale: written before the task checkpoint that superseded it
         return None
     s.model.load_trainable_state(ckpt["model"])
+    s.steps_done = ckpt.get("steps_done", 0)  # absent from checkpoints written before it was recorded
     if ckpt["method"] is not None:  # None: begin_task has already rebuilt it from the task checkpoint's state
         s.method.load_state_dict(ckpt["method"])
     return ckpt
@@ -90,7 +92,8 @@ def restore_rngs(ckpt: dict, method: Method, batches: torch.Generator) -> None:
 
 def save_checkpoint(path: Path, s: Setup, state: RunState) -> None:
     atomic_torch_save(
-        {"run_id": s.cfg.run_id(), "model": s.model.trainable_state(), "method": s.method.state_dict(), "state": state.__dict__},
+        {"run_id": s.cfg.run_id(), "model": s.model.trainable_state(), "method": s.method.state_dict(),
+         "state": state.__dict__, "steps_done": s.steps_done},
         path,
     )
 
@@ -99,6 +102,7 @@ def load_checkpoint(path: Path, s: Setup) -> RunState:
     ckpt = _load_own(path, s)
     s.model.load_trainable_state(ckpt["model"])
     s.method.load_state_dict(ckpt["method"])
+    s.steps_done = ckpt.get("steps_done", 0)
     return RunState(**ckpt["state"])
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from harness.config import ExecConfig, RunConfig
 from harness.core.io import atomic_write_json, file_lock
 from harness.core.paths import results_dir
-from harness.store import RESULT, is_complete, run_dir, stale_reason
+from harness.store import INTERRUPTED, RESULT, is_complete, is_finished, result_mismatch, run_dir, stale_reason
 
 
 @dataclass
 class Outcome:
-    status: str  # done | skipped | busy | failed
+    status: str  # done | skipped | busy | failed | interrupted
     run_dir: str
     message: str = ""
 
@@ -49,10 +49,10 @@ def log_event(d: Path, message: str) -> None:
         fh.write(line)
 
 
-def _finished(d: Path, exec_cfg: ExecConfig) -> Outcome | None:
+def _finished(d: Path, run_id: str, exec_cfg: ExecConfig) -> Outcome | None:
     """The outcome of a finished cell that is not run again: skipped, saying so when its code is stale; None when it
-    must run (not finished, or stale with `exec_cfg.rerun_stale`)."""
-    if not is_complete(d):
+    must run (not finished, a result.json that is not this cell's, or stale with `exec_cfg.rerun_stale`)."""
+    if not is_finished(d, run_id):
         return None
     stale = stale_reason(d)
     if stale and exec_cfg.rerun_stale:
@@ -68,34 +68,37 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
     from harness.core.envinfo import environment
     from harness.data.validation import validation_result
     from harness.train.setup import build
-    from harness.train.tracking import open_tracker
+    from harness.train.tracking import NULL_TRACKER, open_tracker
     from harness.train.trainer import run_tasks
 
     from harness.method.code_identity import code_identity
 
     d = run_dir(cfg, root)
-    if not force and (kept := _finished(d, exec_cfg)) is not None:
+    if not force and (kept := _finished(d, cfg.run_id(), exec_cfg)) is not None:
         return kept
     with file_lock(d / ".lock", blocking=False) as got:
         if not got:
             log_event(d, "busy: locked by another process; not run here")
             return Outcome("busy", str(d), "running in another process")
-        if not force and (kept := _finished(d, exec_cfg)) is not None:  # finished while we waited for the lock
+        if not force and (kept := _finished(d, cfg.run_id(), exec_cfg)) is not None:  # finished while we waited
             return kept
-        if force or is_complete(d):  # forced, or a stale result rerun: start from scratch
+        if force or is_complete(d):  # forced, a stale result rerun, or a mismatched result replaced: from scratch
             if is_complete(d):
-                log_event(d, "rerun: " + ("--force" if force else stale_reason(d)))
-            for name in (RESULT, *CHECKPOINTS, "error.json"):
+                why = "--force" if force else (result_mismatch(d, cfg.run_id()) or stale_reason(d))
+                log_event(d, "rerun: " + why)
+            for name in (RESULT, *CHECKPOINTS, "error.json", INTERRUPTED):
                 (d / name).unlink(missing_ok=True)
         atomic_write_json(d / "config.json", {"run_id": cfg.run_id(), "config": cfg.to_dict()})
+        (d / INTERRUPTED).unlink(missing_ok=True)  # this attempt supersedes an earlier interruption
         if exec_cfg.threads:
             torch.set_num_threads(exec_cfg.threads)
         start = time.time()
         log_event(d, "start")
+        tracker = NULL_TRACKER
         try:
             code = code_identity(cfg.method)  # before training: the code the run starts with
             s = build(cfg, exec_cfg)
-            s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
+            tracker = s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
             state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
             n = [len(t.test_indices) for t in s.stream.tasks]
             class_il = s.stream.scenario == "class-il"
@@ -123,11 +126,16 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
             if s.val_stream is not None:  # tune=true only: untuned results keep their exact content
                 result["validation"] = validation_result(s.val_record, state.val_acc)
             s.tracker.finish(result)
-            s.tracker.close()
         except SystemExit:
             # submitit's pre-timeout/preemption handler requeued the job and exits: not a failure; the next start
             # resumes from the checkpoints.
             log_event(d, "interrupted: job requeued")
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C is the user stopping the run, not the run failing: recorded as `interrupted` (resumable from
+            # the checkpoints kept here; `status` does not count it as failed).
+            log_event(d, "interrupted: KeyboardInterrupt (Ctrl-C); the next run resumes from the checkpoints")
+            mark_interrupted(d, cfg.run_id())
             raise
         except BaseException as exc:
             log_event(d, f"failed: {type(exc).__name__}: {exc}")
@@ -136,11 +144,21 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 {"run_id": cfg.run_id(), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
             )
             raise
+        finally:
+            tracker.close()  # also after a failure or Ctrl-C: never leave a tracked run open
         atomic_write_json(d / RESULT, result)
         log_event(d, "done")
-        for name in (*CHECKPOINTS, "error.json"):
+        for name in (*CHECKPOINTS, "error.json", INTERRUPTED):
             (d / name).unlink(missing_ok=True)
     return Outcome("done", str(d))
+
+
+def mark_interrupted(d: Path, run_id: str) -> None:
+    """Record a Ctrl-C: `interrupted.json` (read by `status`); a failure recorded by an earlier attempt is superseded
+    (events.log keeps the history)."""
+    atomic_write_json(d / INTERRUPTED, {"run_id": run_id, "reason": "KeyboardInterrupt (Ctrl-C)",
+                                        "at": datetime.datetime.now().isoformat(timespec="seconds")})
+    (d / "error.json").unlink(missing_ok=True)
 
 
 def clear(cfg: RunConfig, root: Path | None = None) -> None:

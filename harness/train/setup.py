@@ -78,6 +78,7 @@ class Setup:
     val_record: dict | None = None  # fraction, seed, sizes and hash of the validation split
     tracker: Tracker = NULL_TRACKER  # optional experiment logging (harness/train/tracking.py); never changes results
     prefetch: bool = False  # gather/augment the next batch on a background thread (harness/data/prefetch.py)
+    steps_done: int = 0  # optimiser steps of the run so far (tracking's x axis); checkpointed, so a resume continues it
     head_record: dict | None = None  # the frozen pre-training probe's fit (head: pretraining-probe), else None
 
 

@@ -1,11 +1,17 @@
 """Optional experiment tracking (`--log tensorboard`, `--log wandb`): one tracked run per cell, named
 `<benchmark>/<method>/seed<seed>/<run_id>`, with
 
-* per training step: the loss and each parameter group's learning rate (`train/loss`, `train/lr/<group>`),
+* per optimiser step (x axis: the run's step count, continued across a resume): the loss and each parameter
+  group's learning rate by the group's name (`train/loss`, `train/lr/lora`, `train/lr/head`),
 * per task: the gradient norms of its first steps (`grad_norm/all`, `grad_norm/backbone`), the accuracy row on
   every seen task (`acc/task_<j>`, validation rows as `val_acc/task_<j>` when tune=true), A_t, and the method's
   record (merge coefficients α_t and any other number it stores, `method/<key>`),
-* at the end: the summary metrics and the final accuracy matrices (as text).
+* at the end: the summary metrics (`final/a_last`, …; tune=true: the validation ones as `final/val_a_last`, …) and
+  the final accuracy matrices (as text).
+
+wandb: one run per cell in `<results>/tracking/<benchmark>/<method>/seed<seed>/<run_id>/wandb/` (the TensorBoard
+events' folder), each series plotted against its own step (`define_metric`: `train/*` against `train/step`, the
+per-task series against `acc/step` = the task index …), one wandb log call per optimiser step or task.
 
 Off by default and never required: the backends are imported only when asked for. Tracking reads values and never
 draws random numbers or changes the model, so a run's result.json is the same with and without it (tested). wandb's
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from harness.core.errors import ConfigError
@@ -31,6 +38,11 @@ class Tracker:
     def scalar(self, name: str, value: float, step: int) -> None:
         pass
 
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Several scalars of one series family at one step (a backend may write them at once)."""
+        for name, value in values.items():
+            self.scalar(name, value, step)
+
     def text(self, name: str, value: str) -> None:
         pass
 
@@ -38,17 +50,17 @@ class Tracker:
         pass
 
     # The hooks the trainer and run call; all cheap no-ops when inactive.
-    step_count = 0
 
-    def step(self, task: int, loss, opt) -> None:
-        """One optimiser step: loss (a tensor: read only when tracking, as it synchronises) and learning rates."""
+    def step(self, task: int, loss, opt, step: int) -> None:
+        """Optimiser step `step` of the run (1-based, continued across resumes): loss (a tensor: read only when
+        tracking, as it synchronises), each group's learning rate by its name, the task."""
         if not self.active:
             return
-        self.step_count += 1
-        self.scalar("train/loss", float(loss.detach()), self.step_count)
+        values = {"train/loss": float(loss.detach())}
         for i, group in enumerate(opt.param_groups):
-            self.scalar(f"train/lr/{group.get('name', i)}", float(group["lr"]), self.step_count)
-        self.scalar("train/task", task, self.step_count)
+            values[f"train/lr/{group.get('name', f'group{i}')}"] = float(group["lr"])
+        values["train/task"] = float(task)
+        self.log_scalars(values, step)
 
     def task_end(self, task: int, acc_row: list[float], curve_value: float, record: dict, grad_norms: dict,
                  val_row: list[float] | None = None) -> None:
@@ -56,21 +68,21 @@ class Tracker:
             return
         for key, values in grad_norms.items():
             for i, v in enumerate(values):
-                self.scalar(f"grad_norm/{key}/task_{task}", v, i)
-        for j, a in enumerate(acc_row):
-            self.scalar(f"acc/task_{j}", a, task)
-        for j, a in enumerate(val_row or []):
-            self.scalar(f"val_acc/task_{j}", a, task)
-        self.scalar("acc/A_t", curve_value, task)
-        for key, value in _numbers(record):
-            self.scalar(f"method/{key}", value, task)
+                self.log_scalars({f"grad_norm/{key}/task_{task}": v}, i)
+        self.log_scalars({**{f"acc/task_{j}": a for j, a in enumerate(acc_row)}, "acc/A_t": curve_value}, task)
+        if val_row is not None:
+            self.log_scalars({f"val_acc/task_{j}": a for j, a in enumerate(val_row)}, task)
+        numbers = {f"method/{key}": value for key, value in _numbers(record)}
+        if numbers:
+            self.log_scalars(numbers, task)
 
     def finish(self, result: dict) -> None:
         if not self.active:
             return
-        for key, value in result["metrics"].items():
-            if isinstance(value, (int, float)):
-                self.scalar(f"final/{key}", float(value), 0)
+        final = {f"final/{k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+        val = result.get("validation", {}).get("metrics", {})
+        final.update({f"final/val_{k}": float(v) for k, v in val.items() if isinstance(v, (int, float))})
+        self.log_scalars(final, 0)
         for key in ("acc_matrix", "task_aware_matrix", "validation"):
             if key in result:
                 self.text(f"final/{key}", json.dumps(result[key]))
@@ -127,17 +139,42 @@ class WandbTracker(Tracker):
         mode = os.environ.get("WANDB_MODE") or (None if os.environ.get("WANDB_API_KEY") else "offline")
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "clmerge"), name=name, config=config,
-                              dir=str(folder), mode=mode, reinit=True)
+                              dir=str(folder), mode=mode, reinit=_reinit(wandb))
+        for section in SECTIONS:  # each family of series against its own x axis, not wandb's call counter
+            self.run.define_metric(f"{section}/step", hidden=True)
+            self.run.define_metric(f"{section}/*", step_metric=f"{section}/step")
 
     def scalar(self, name: str, value: float, step: int) -> None:
-        # wandb wants one monotone step: log the series' own step as a field beside the value.
-        self.run.log({name: value, f"{name.rsplit('/', 1)[0]}/step": step})
+        self.log_scalars({name: value}, step)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        # one log call per family and step; the family's step key is its x axis (define_metric above)
+        by_section: dict[str, dict[str, float]] = {}
+        for name, value in values.items():
+            by_section.setdefault(name.split("/", 1)[0], {})[name] = value
+        for section, group in by_section.items():
+            self.run.log({**group, f"{section}/step": step})
 
     def text(self, name: str, value: str) -> None:
         self.run.summary[name] = value
 
     def close(self) -> None:
-        self.run.finish()
+        if self.run is not None:  # closing twice (finish, then the run's `finally`) is harmless
+            self.run.finish()
+            self.run = None
+
+
+SECTIONS = ("train", "grad_norm", "acc", "val_acc", "method", "final")  # first component of every series name
+
+
+def _reinit(wandb) -> object:
+    """`reinit` for one process running several cells: "finish_previous" where wandb knows it (0.19.10+; the bool
+    form is deprecated there), True before."""
+    try:
+        major, minor, patch = (int(x) for x in re.findall(r"\d+", wandb.__version__)[:3])
+    except (AttributeError, ValueError):
+        return "finish_previous"
+    return "finish_previous" if (major, minor, patch) >= (0, 19, 10) else True
 
 
 def run_name(cfg) -> str:
@@ -152,9 +189,9 @@ def open_tracker(kind: str | None, cfg, root: Path) -> Tracker:
         from harness.core.errors import unknown
 
         raise unknown("--log backend", kind, BACKENDS)
-    folder = Path(root) / "tracking"
+    folder = Path(root) / "tracking" / run_name(cfg)  # both backends: the documented place (docs/running.md)
     if kind == "tensorboard":
-        return TensorBoardTracker(folder / run_name(cfg))
+        return TensorBoardTracker(folder)
     return WandbTracker(run_name(cfg), folder, cfg.to_dict())
 
 

@@ -177,7 +177,8 @@ def run_epoch(s: Setup, task: Task, opt: torch.optim.Optimizer, batches, watch: 
         if len(watch.grad_norms) < watch.norm_steps:
             watch.grad_norms.append(_grad_norms(opt, heads))
         opt.step()
-        s.tracker.step(task.index, loss, opt)  # a no-op unless --log is given (reading the loss syncs)
+        s.steps_done += 1
+        s.tracker.step(task.index, loss, opt, s.steps_done)  # a no-op unless --log is given (reading the loss syncs)
 
 
 @torch.no_grad()
