@@ -92,7 +92,8 @@ def cmd_run(args) -> int:
         from harness.core.io import read_json
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
-        print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
+        print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting (Chaudhry) {100 * m['forgetting']:.2f}"
+              + (f" (mammoth) {100 * m['forgetting_mammoth']:.2f}" if "forgetting_mammoth" in m else "") + "  "
               f"task-aware A_last {100 * m['task_aware_a_last']:.2f}  (accuracy after each task: "
               + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")
     return 0 if outcome.status in ("done", "skipped") else 1
