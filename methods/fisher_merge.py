@@ -43,6 +43,7 @@ class FisherMerge(TaskVectorMerge):
     name = "fisher-merge"
     description = "continual Fisher merging: Fisher-weighted average of all task vectors with the old tasks' Fisher accumulated (online)"
     Params = Params
+    state_changes_in_task = False  # τ̄ and S change only in end_task: epoch checkpoints leave them out
     reconstruction = "continual form of Fisher merging with an accumulated Fisher; Fisher estimator, Fisher space (effective k/v weights) and start point chosen here"
 
     def __init__(self, params, ctx):
