@@ -7,8 +7,8 @@ with MGDA loss weights smoothed by an EMA (harness/math/dop.py `dop_merge_matrix
 U, S, V the leading singular triplets of τ (energy share ε = 0.99999), W from (W_m + W_n)/2, 200 Adam steps at
 lr 1e-4, c from MGDA with EMA β = 0.999 from (α, 1 − α) = (0.8, 0.2). θ̂_1 = θ*_1; θ̂_t = W0 + τ̄_t.
 "Continual Model Merging without Data: Dual Projections for Balancing Stability and Plasticity", NeurIPS 2025
-(FusionBench's `ContinualDOPForCLIP`). From the paper (as summarised by the code's docstring and the issue): the
-dual projection losses and the MGDA/EMA weighting. From the public code (tanganke/fusion_bench `method/dop/dop.py`,
+(FusionBench's `ContinualDOPForCLIP`). The paper was not read here: its title and venue are the code's docstring's,
+its idea (dual projection losses, MGDA/EMA weighting) issue #23's summary. From the public code (tanganke/fusion_bench `method/dop/dop.py`,
 `config/method/dop/dop.yaml`; read, not copied): the loss exactly (`cal_loss_i`), the rank rule (searchsorted,
 which leaves out the direction that reaches ε), the loss-normalised gradients, the two-vector min-norm solver,
 the EMA, the initialisation, the optimiser and every default. Tasks are fine-tuned independently from W0 (start

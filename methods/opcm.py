@@ -4,9 +4,10 @@ merged vector's leading singular directions, added, and the sum rescaled to the 
 Per adapted matrix, with τ̄_{t−1} = U S Vᵀ: Π_t(τ_t) = U P Vᵀ, P = Uᵀ τ_t V with its diagonal and its leading r×r block
 zeroed (r: first index where the cumulative share of S exceeds α); S_t = λ_{t−1} τ̄_{t−1} + Π_t(τ_t);
 λ_t = ‖S_t‖ / mean_{i≤t} ‖τ_i‖; τ̄_t = S_t / λ_t; θ̂_t = W0 + τ̄_t (harness/math/continual_merging.py `opcm_step`).
-Tang, Li, Shen, Guan, Liu, Tao, "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable
-Continual Model Merging", arXiv 2501.09522 (NeurIPS 2025). From the paper: the projection of each new task vector
-out of the merged vector's principal subspace and the norm-preserving rescale. From the public code
+Tang, Yang, Shen, Luo, Hu, Du, Tao, "Merging Models on the Fly Without Retraining: A Sequential Approach to
+Scalable Continual Model Merging", arXiv 2501.09522 (NeurIPS 2025). From the paper (its abstract): new parameter
+updates projected onto subspaces orthogonal to the merged updates, and an adaptive scaling that keeps the parameter
+distances stable. From the public code
 (tanganke/fusion_bench `method/opcm/opcm.py`, read, not copied): the exact projection (zero the diagonal and the
 leading r×r block in the merged vector's singular basis), the split-rank rule, λ_t = ‖S_t‖/n̄_t with the norms over the
 whole task vector, τ̄_1 = τ_1, and α = 0.5 (`config/method/opcm/opcm.yaml`). Tasks are fine-tuned independently from

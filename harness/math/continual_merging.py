@@ -37,7 +37,8 @@ def opcm_project(merged_tv: torch.Tensor, tv: torch.Tensor, alpha: float) -> tor
 
         τ̄ = U S Vᵀ (full SVD),  P = Uᵀ τ V,  P_ii = 0 for every i,  P[:r, :r] = 0,  return U P Vᵀ,
 
-    r = `opcm_split_rank(S, α)`. Tang et al., "Merging Models on the Fly Without Retraining: A Sequential Approach to
+    r = `opcm_split_rank(S, α)`. Tang et al. (Anke Tang, Enneng Yang, Li Shen, Yong Luo, Han Hu, Bo Du, Dacheng Tao),
+    "Merging Models on the Fly Without Retraining: A Sequential Approach to
     Scalable Continual Model Merging" (OPCM), arXiv 2501.09522: the new task vector projected orthogonally to the
     merged one's principal subspace; the exact rule — zero the diagonal (every u_iᵀτv_i) and the leading r×r block —
     is the code's (`merge_linear_weights`). Computed in float64, returned in τ's dtype."""
