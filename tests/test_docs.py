@@ -24,6 +24,7 @@ def python_blocks(page: Path) -> list[str]:
 
 def test_the_documented_method_registers_and_runs(results, monkeypatch):
     source = python_blocks(DOCS / "adding-a-method.md")[0]
+    registry.method_names()  # discover the real methods first, so the patched copy below holds them all
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the example does not outlive the test
     module = types.ModuleType("docs_example")
     monkeypatch.setitem(sys.modules, "docs_example", module)  # dataclasses look their module up there
@@ -42,6 +43,7 @@ def test_the_documented_method_registers_and_runs(results, monkeypatch):
 
 def _exec_block(index: int, monkeypatch) -> types.ModuleType:
     source = python_blocks(DOCS / "adding-a-method.md")[index]
+    registry.method_names()  # discover first: discovery inside the patched copy would leave the real registry empty
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     module = types.ModuleType(f"docs_example_{index}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
