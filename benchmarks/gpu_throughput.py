@@ -7,19 +7,28 @@ protocol (AutoAugment + RandomResizedCrop 224, batch 256, 10 epochs × 10 passes
 `vit-b16-random` backbone (ViT-B/16 architecture, seeded random init: no download; speed does not depend on the
 weights). Printed per method:
 
-- img/s and ms/step of training steps (after warm-up steps), peak device memory;
-- MFU: FLOPs of one training step (forward + backward, counted by torch.utils.flop_counter) per second over the
-  device's dense bf16 peak (table below, or --peak-tflops);
+- img/s from the images actually stepped (an epoch's last batch may be partial: task 0 of the default data has 400
+  images, batches of 256 and 144) and ms/step of the timed steps, peak device memory;
+- compile seconds: the first warm-up step (compilation included) less one timed step; the other warm-up steps untimed;
+- host syncs in the timed loop (CUDA: `torch.cuda.set_sync_debug_mode("warn")`, counted; 0 expected);
+- MFU: FLOPs per image of one training step (forward + backward, counted by torch.utils.flop_counter) × img/s over the
+  device's dense bf16 peak (read from the device's name, `BF16_PEAK_TFLOPS`, or --peak-tflops);
 - end-of-task seconds (P&M: the Fisher pass + merge; seq-lora: the fold), scaled to ImageNet-R-10's task size;
 - epoch-checkpoint seconds on the training's path (snapshot; the write itself is on a background thread), and
   inline; evaluation img/s with the test transform computed, and with the evaluation view cached;
 - the extrapolated full schedule: 10 tasks × 10 epochs × 10 passes over 2,400 images (ImageNet-R's 30,000 images,
   80 % train, in 10 tasks) at the measured img/s, plus 10 end-of-task passes, 100 epoch checkpoints and the
-  evaluations (after task t: the test images of tasks ≤ t, 600 per task); and P&M / seq-lora.
+  evaluations (after task t: the test images of tasks ≤ t, 600 per task); and P&M / seq-lora, measured --repeats
+  times (the methods interleaved), printed as the median and its spread (min–max).
+
+The step loop runs with the trainer's own settings: its optimiser, its prefetch choice (`ExecConfig.prefetch`, on for
+CUDA), its compile choice, and no TF32 (the trainer does not enable it).
 
     python benchmarks/gpu_throughput.py                        # on the GPU (about 5 minutes on one H100/H200)
+    python benchmarks/gpu_throughput.py --images 12800         # 1,280 images in task 0: every batch of 256 full
     python benchmarks/gpu_throughput.py --device cpu --tiny    # a 2-block 16-px model on 20-px images: checks the script
     python benchmarks/gpu_throughput.py --compile off          # the eager step loop (the trainer compiles on CUDA)
+    python benchmarks/gpu_throughput.py --fused-qkv            # q|k|v and the LoRA down-projections in two GEMMs
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import contextlib
 import itertools
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +54,7 @@ from harness.core.precision import autocast  # noqa: E402
 from harness.core.schema import from_dict  # noqa: E402
 from harness.data.augment import TestTransform  # noqa: E402
 from harness.data.image_bank import ImageBank  # noqa: E402
+from harness.data.prefetch import Prefetcher, use_prefetch  # noqa: E402
 from harness.data.protocol import run_spec  # noqa: E402
 from harness.data.spec import ImageSpec  # noqa: E402
 from harness.data.stream import build_stream  # noqa: E402
@@ -56,10 +67,21 @@ from harness.train.checkpoints import save_epoch_checkpoint  # noqa: E402
 from harness.train.setup import Setup, pick_device  # noqa: E402
 from harness.train.trainer import EpochWatch, evaluate, make_optimizer, make_scheduler, run_epoch  # noqa: E402
 
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first matching name wins.
-BF16_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s (half the "with sparsity" figures);
+# the first entry whose key is in the device's name wins, so the NVL/PCIe variants come before the SXM name. torch
+# names them e.g. "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA H200 NVL".
+BF16_PEAK_TFLOPS = [
+    ("H200 NVL", 835.0), ("H200", 989.0),  # H200 data sheet: SXM 1,979 / NVL 1,671 with sparsity
+    ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),  # H100 data sheet: NVL 1,671 / PCIe 1,513 / SXM 1,979
+    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+]
 # ImageNet-R-10 under the pm protocol (datasets/imagenet-r-10.yaml, datasets/protocols/pm.yaml)
 IR_TASKS, IR_TRAIN_PER_TASK, IR_TEST_PER_TASK, IR_EPOCHS, IR_PASSES = 10, 2400, 600, 10, 10
+
+
+def peak_for_name(name: str) -> float | None:
+    """The dense bf16 peak (TFLOP/s) of a GPU named `name` (torch.cuda.get_device_name), None if unknown."""
+    return next((tflops for key, tflops in BF16_PEAK_TFLOPS if key in name), None)
 
 
 def device_peak(device: torch.device, override: float | None) -> tuple[float | None, str]:
@@ -68,10 +90,43 @@ def device_peak(device: torch.device, override: float | None) -> tuple[float | N
     if device.type != "cuda":
         return None, "no bf16 peak for this device (pass --peak-tflops)"
     name = torch.cuda.get_device_name(device)
-    for key, tflops in BF16_PEAK_TFLOPS:
-        if key in name:
-            return tflops * 1e12, f"{name}: {tflops:g} TFLOP/s dense bf16 (data sheet)"
-    return None, f"{name}: unknown bf16 peak (pass --peak-tflops)"
+    tflops = peak_for_name(name)
+    if tflops is None:
+        return None, f"{name}: unknown bf16 peak (pass --peak-tflops)"
+    return tflops * 1e12, f"{name}: {tflops:g} TFLOP/s dense bf16 (data sheet)"
+
+
+class Tap:
+    """Passes batches through and counts the images in them: what a step loop actually stepped."""
+
+    def __init__(self, batches):
+        self.batches, self.images, self.steps = batches, 0, 0
+
+    def __iter__(self):
+        for x, y in self.batches:
+            self.images += int(x.shape[0])
+            self.steps += 1
+            yield x, y
+
+
+@contextlib.contextmanager
+def host_syncs(device: torch.device):
+    """Counts the host↔device synchronisations CUDA reports inside the block (`set_sync_debug_mode("warn")`): a
+    list that holds one entry per warning when the block ends. Empty off CUDA (nothing reports them there)."""
+    import warnings
+
+    found: list[str] = []
+    if device.type != "cuda":
+        yield found
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    found.extend(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower())
 
 
 def sync(device: torch.device) -> None:
@@ -122,20 +177,32 @@ def measure(method: str, args, device: torch.device) -> dict:
     bs = s.cfg.train.batch_size
     batches = endless(s, task.train_indices, bs)
     s.model.train()
+    s.model.set_fused_qkv(args.fused_qkv)
     if args.compiled:  # as the trainer does: once per run, full batches only
         s.model.compile_features(compiling.BACKEND)
-    with s.model.compiled(bs):  # the warm-up steps also pay for the compilation, untimed
-        run_epoch(s, task, opt, itertools.islice(batches, args.warmup), EpochWatch(norm_steps=0), heads)
-    sync(device)
+
+    def steps(n: int) -> Tap:
+        """`n` steps of the trainer's loop (its prefetch choice included), timed to the device's end."""
+        tap = Tap(itertools.islice(batches, n))
+        feed = Prefetcher(tap, device) if args.prefetch else tap
+        with s.model.compiled(bs):
+            run_epoch(s, task, opt, feed, EpochWatch(norm_steps=0), heads)
+        sync(device)
+        return tap
+
+    start = time.perf_counter()
+    steps(1)  # compiles (when on) and runs one step
+    first_s = time.perf_counter() - start
+    if args.warmup > 1:
+        steps(args.warmup - 1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    watch = EpochWatch(norm_steps=0)
-    with s.model.compiled(bs):
-        run_epoch(s, task, opt, itertools.islice(batches, args.steps), watch, heads)
-    sync(device)
-    step_s = (time.perf_counter() - start) / args.steps
-    watch.check(s.cfg, task.index, 0, {"all": [], "backbone": []})
+    with host_syncs(device) as syncs:
+        timed = steps(args.steps)
+    elapsed = time.perf_counter() - start
+    step_s = elapsed / timed.steps
+    img_s = timed.images / elapsed
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -146,7 +213,7 @@ def measure(method: str, args, device: torch.device) -> dict:
             loss = s.method.training_loss(s.model, x, y, task)
         loss.backward()
     opt.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
+    flops_per_image = counter.get_total_flops() / x.shape[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         sched = make_scheduler(opt, s.cfg.train)
@@ -173,7 +240,9 @@ def measure(method: str, args, device: torch.device) -> dict:
         evaluate(s.method.eval_model(s.model), s.test_bank, s.stream, 0, s.cfg.train.eval_batch_size)
         sync(device)
         eval_ips.append(n_test / (time.perf_counter() - start))
-    return {"step_s": step_s, "img_s": bs / step_s, "flops": flops, "peak_gib": peak_mem, "ckpt_s": ckpt_s,
+    return {"step_s": step_s, "img_s": img_s, "images": timed.images, "steps": timed.steps,
+            "compile_s": max(first_s - step_s, 0.0), "host_syncs": len(syncs),
+            "flops": flops_per_image * bs, "flops_per_image": flops_per_image, "peak_gib": peak_mem, "ckpt_s": ckpt_s,
             "ckpt_inline_s": ckpt_inline_s, "end_task_s": end_task_s * IR_TRAIN_PER_TASK / n_task,
             "eval_img_s": eval_ips[0], "eval_cached_img_s": eval_ips[1]}
 
@@ -192,44 +261,62 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--tiny", action="store_true", help="a 2-block 16-px model on 20-px images (CPU check, < 2 min)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 50; tiny 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; tiny 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first, the compiling one included (at least 1; default 10; tiny 1)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the pm protocol's 256 (tiny: 16)")
     p.add_argument("--images", type=int, default=None, help="synthetic training images (default 4000; tiny 400)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU")
     p.add_argument("--methods", default="seq-lora,pm")
     p.add_argument("--compile", default="auto", help="torch.compile of the training forward: auto (on for CUDA) | on | off")
+    p.add_argument("--prefetch", default="auto", help="data prefetch thread, as ExecConfig.prefetch: auto (on for CUDA) | on | off")
+    p.add_argument("--repeats", type=int, default=None, help="measurements per method, interleaved (default 3; tiny 2)")
+    p.add_argument("--fused-qkv", action="store_true",
+                   help="one q|k|v GEMM and one stacked LoRA-down GEMM per block (CLModel.set_fused_qkv), to compare")
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.tiny else 50)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
     args.batch_size = args.batch_size or (16 if args.tiny else None)
     args.images = args.images or (400 if args.tiny else 4000)
+    args.repeats = args.repeats or (2 if args.tiny else 3)
     device = pick_device(args.device)
     peak, peak_note = device_peak(device, args.peak_tflops)
-    torch.backends.cuda.matmul.allow_tf32 = True
     args.compiled = compiling.use_compile(args.compile, device)  # validated once, before any model is built
+    args.prefetch = use_prefetch(args.prefetch, device)
     print(f"device {device} | {peak_note} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-          f"compile {'on' if args.compiled else 'off'}")
-    results = {}
-    for method in args.methods.split(","):
-        r = measure(method, args, device)
-        r["mfu"] = r["flops"] / r["step_s"] / peak if peak else float("nan")
-        r["full_s"] = full_schedule_s(r)
-        results[method] = r
-    cols = ("img/s", "ms/step", "MFU %", "peak GiB", "end-task s/task", "ckpt s (inline)", "eval img/s (cached)",
-            "IR-10 full min")
+          f"compile {'on' if args.compiled else 'off'} | prefetch {'on' if args.prefetch else 'off'} | "
+          f"fused q|k|v {'on' if args.fused_qkv else 'off'} | "
+          f"TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+    methods = args.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for _ in range(args.repeats):  # interleaved: a drift of the machine shows in every method alike
+        for method in methods:
+            r = measure(method, args, device)
+            r["mfu"] = r["flops_per_image"] * r["img_s"] / peak if peak else float("nan")
+            r["full_s"] = full_schedule_s(r)
+            runs[method].append(r)
+    results = {m: dict(median_run(rs), repeats=rs) for m, rs in runs.items()}
+    cols = ("img/s", "images", "ms/step", "MFU %", "peak GiB", "compile s", "host syncs", "end-task s/task",
+            "ckpt s (inline)", "eval img/s (cached)", "IR-10 full min")
     print("| method | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 1))
     for method, r in results.items():
         fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.4g}"  # noqa: E731
-        vals = (fmt(r["img_s"]), fmt(r["step_s"] * 1e3), fmt(100 * r["mfu"]), fmt(r["peak_gib"]), fmt(r["end_task_s"]),
+        vals = (fmt(r["img_s"]), str(r["images"]), fmt(r["step_s"] * 1e3), fmt(100 * r["mfu"]), fmt(r["peak_gib"]),
+                fmt(r["compile_s"]), str(r["host_syncs"]), fmt(r["end_task_s"]),
                 f"{fmt(r['ckpt_s'])} ({fmt(r['ckpt_inline_s'])})", f"{fmt(r['eval_img_s'])} ({fmt(r['eval_cached_img_s'])})",
                 fmt(r["full_s"] / 60))
         print(f"| {method} | " + " | ".join(vals) + " |")
     if "pm" in results and "seq-lora" in results:
-        ratio = results["pm"]["full_s"] / results["seq-lora"]["full_s"]
-        results["pm_over_seq_lora"] = ratio
-        print(f"P&M / seq-lora full-schedule wall time: {ratio:.3f}")
+        ratios = [p["full_s"] / q["full_s"] for p, q in zip(runs["pm"], runs["seq-lora"])]
+        results["pm_over_seq_lora"] = statistics.median(ratios)
+        results["pm_over_seq_lora_runs"] = ratios
+        print(f"P&M / seq-lora full-schedule wall time: median {statistics.median(ratios):.3f} over {len(ratios)} "
+              f"repeats, spread {min(ratios):.3f}–{max(ratios):.3f}")
     return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The repeat whose img/s is the median (lower median for an even count): one real measurement, not a blend."""
+    return sorted(runs, key=lambda r: r["img_s"])[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":

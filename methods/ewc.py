@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.errors import ConfigError
+from harness.core.precision import full_precision
 from harness.math.fisher import empirical_fisher
 from harness.method import Method, register
 
@@ -58,7 +59,7 @@ class EWC(Method):
         assert self.fisher is not None
         name = self.adapter_name(task)
         total = torch.zeros((), device=next(iter(self.fisher.values())).device)
-        with torch.autocast(total.device.type, enabled=False):
+        with full_precision(total.device):
             for n, m in model.lora_layers().items():
                 dw = (m.lora_B[name].weight.float() @ m.lora_A[name].weight.float()) * m.scaling[name]
                 total = total + (self.fisher[n] * dw.square()).sum()

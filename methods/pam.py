@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from harness.core.errors import ConfigError
+from harness.core.precision import full_precision
 from harness.math.merging import alignment_mask, alignment_penalty, running_merge
 from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
@@ -93,7 +94,7 @@ class PAM(TaskVectorMerge):
 
     def penalty(self, model, task) -> torch.Tensor:
         assert self.dhat is not None and self._mask is not None
-        with torch.autocast(next(iter(self.dhat.values())).device.type, enabled=False):
+        with full_precision(next(iter(self.dhat.values())).device):
             return alignment_penalty(self.task_vector(model, task), self.dhat, self._mask, self.params.penalty)
 
     def training_loss(self, model, x, y, task) -> torch.Tensor:

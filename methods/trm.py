@@ -32,6 +32,7 @@ import torch
 from torch.func import functional_call
 
 from harness.core.errors import ConfigError
+from harness.core.precision import full_precision
 from harness.core.seeding import generator
 from harness.math import trajectory_merge as tm
 from harness.method import Method, register
@@ -186,7 +187,7 @@ class TRM(Method):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         try:
-            with sdpa_kernel([SDPBackend.MATH]), torch.autocast(coef.device.type, enabled=False):
+            with sdpa_kernel([SDPBackend.MATH]), full_precision(coef.device):
                 batches = iter(())
                 g0 = 0.0
                 for step in range(steps):

@@ -110,3 +110,42 @@ def test_rank_alpha_and_targets_configurable():
     m.add_adapter("t", seed=0)
     layer = next(iter(m.lora_layers().values()))
     assert layer.lora_A["t"].weight.shape[0] == 3 and layer.scaling["t"] == 2.0
+
+
+def _fused_vs_plain(model: CLModel, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Features and LoRA gradients of a loss, with the plain and the fused q|k|v path."""
+    out = []
+    for fused in (False, True):
+        model.set_fused_qkv(fused)
+        params = model.adapter_parameters(model.adapters()[-1])
+        with model.adapter_output_scale(model.adapters()[-1], 1.5):
+            feats = model.features(x)
+        grads = torch.autograd.grad(feats.square().sum(), params)
+        out.append([feats.detach(), *grads])
+    model.set_fused_qkv(False)
+    return out[0], out[1]
+
+
+def test_fused_qkv_path_is_the_plain_function_to_float_rounding():
+    """SplitQKV's fused path (one q|k|v GEMM, one stacked LoRA-down GEMM) gives the plain path's features and LoRA
+    gradients to float rounding — k/v targets and q/k/v targets, a scaled adapter, a retired slot and a live one;
+    with forward hooks on its LoRA layers a block takes the plain path (bit-identical)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 16, 16, generator=g)
+    for targets in (None, ["q", "k", "v"]):
+        m = CLModel(BackboneConfig(preset="vit-micro-test", lora_targets=targets))
+        m.add_adapter("old", seed=1)
+        m.fold_adapter("old", 1.0)  # a retired slot: inactive, its B not zero
+        m.add_adapter("t", seed=2)
+        with torch.no_grad():
+            for p in m.adapter_parameters("t"):
+                p.normal_(generator=g)
+        plain, fused = _fused_vs_plain(m, x)
+        assert not torch.equal(plain[0], m.features(x).detach())  # the scale was applied (1.5, not 1)
+        for a, b in zip(plain, fused, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        handles = [layer.register_forward_hook(lambda mod, args, out: out + 1.0) for layer in m.lora_layers().values()]
+        plain, fused = _fused_vs_plain(m, x)  # every block has a hooked layer (as pm-gauss hooks them all)
+        for h in handles:
+            h.remove()
+        assert all(torch.equal(a, b) for a, b in zip(plain, fused))

@@ -36,12 +36,14 @@ class CountingBackend:
         return lookup_backend(self.inner)(gm, example_inputs)
 
 
-def _run(method: str, compile_setting: str, backend: CountingBackend | None = None, n_train: int = 150):
+def _run(method: str, compile_setting: str, backend: CountingBackend | None = None, n_train: int = 150,
+         fused_qkv: bool = False):
     """TASKS tasks of split-digits on the micro ViT, `n_train` images a task: 2 full batches of 64 + one of 22 (the
     eager remainder). With `backend`, its graph count is recorded at the end of every task (`graphs_per_task`)."""
     cfg = resolve("split-digits", method, seed=1, overrides=FAST)
     exec_cfg = ExecConfig(progress=False, compile=compile_setting, prefetch="off")
     s = build(cfg, exec_cfg)
+    s.model.set_fused_qkv(fused_qkv)
     small = tuple(
         dataclasses.replace(t, train_indices=t.train_indices[:n_train], test_indices=t.test_indices[:60])
         for t in s.stream.tasks
@@ -79,6 +81,22 @@ def test_compiled_run_equals_eager_with_one_graph_over_all_tasks(monkeypatch, me
             assert r["alpha"] == pytest.approx(q["alpha"], rel=1e-3, abs=1e-6)
             assert r["perturbation_draws"] == q["perturbation_draws"]
         assert any(sum(r["perturbation_draws"][k] for k in ("+1", "-1")) for r in compiled.method_records)
+
+
+def test_fused_qkv_path_compiles_once_and_matches_the_plain_path(monkeypatch, one_thread):
+    """The fused q|k|v + LoRA-down path (CLModel.set_fused_qkv, the GPU check's comparison) under torch.compile: one
+    graph over 4 tasks (it reads the adapter slots and scale tensors, which do not change from task to task), and the
+    numbers of the plain eager loop to float rounding."""
+    plain, _ = _run("seq-lora", "off", n_train=70)  # one full batch (compiled) and one of 6 (eager) a task
+    torch._dynamo.reset()
+    backend = CountingBackend("eager")
+    monkeypatch.setattr(compiling, "BACKEND", backend)
+    fused, graphs = _run("seq-lora", "on", backend, n_train=70, fused_qkv=True)
+    assert graphs == [1] * TASKS, f"graphs compiled by the end of each task: {graphs}"
+    for a, b in zip(plain.acc, fused.acc, strict=True):
+        assert a == pytest.approx(b, abs=1 / 60 + 1e-9)
+    for a, b in zip(plain.grad_norms, fused.grad_norms, strict=True):
+        assert a["all"] == pytest.approx(b["all"], rel=1e-4)
 
 
 def _micro(**kw) -> CLModel:

@@ -218,3 +218,38 @@ def test_background_writer_survives_a_signal_inside_start_and_keeps_the_unwindin
     with pytest.raises(OSError, match="disk full"):  # no exception unwinding: the write's error is raised
         with BackgroundWriter() as writer:
             writer.submit(failing)
+
+
+def test_checkpoints_load_on_the_host_and_adam_step_counters_stay_there(results, tmp_path, one_thread):
+    """A mid-task resume on a device: the epoch checkpoint is loaded on the CPU, the model and method state are moved
+    to the run's device, and the optimiser state is left to `Optimizer.load_state_dict`, which moves the moments to
+    their parameters' device and keeps AdamW's `step` counters on the host (on the device, every step would read
+    them back: one sync per parameter per step). Shown on the stand-in device (tests/standin.py)."""
+    from harness.train import checkpoints
+    from harness.train.trainer import make_optimizer
+    from tests.standin import STANDIN, StandInDevice
+
+    cfg = resolve("split-digits-2x5", "ewc", seed=0, overrides=FAST)
+    on = ExecConfig(progress=False, device=str(STANDIN), prefetch="off", compile="off")
+    with StandInDevice():
+        s = build(cfg, on)
+        task = s.stream.tasks[0]
+        s.method.begin_task(s.model, task)
+        s.method.fisher = {n: torch.ones_like(w) for n, w in s.model.merged_weights().items()}  # method state on the device
+        opt = make_optimizer(s.method, s.model, task, cfg.train)
+        loss = s.model(torch.zeros(2, 1, 16, 16, device=STANDIN)).sum()
+        loss.backward()
+        opt.step()
+        path = tmp_path / "checkpoint.epoch.pt"
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        checkpoints.save_epoch_checkpoint(path, s, task, 1, opt, sched, torch.Generator(), {"all": [], "backbone": []})
+        fresh = build(cfg, on)
+        fresh.method.begin_task(fresh.model, task)
+        saved = checkpoints.load_epoch_checkpoint(path, fresh, task)
+        assert all(t.device.type == "cpu" for st in saved["optimizer"]["state"].values() for t in st.values())
+        assert all(w.device == STANDIN for w in fresh.method.fisher.values())  # moved with the method state
+        opt2 = make_optimizer(fresh.method, fresh.model, task, cfg.train)
+        opt2.load_state_dict(saved["optimizer"])
+        states = list(opt2.state.values())
+        assert states and all(st["step"].device.type == "cpu" for st in states)
+        assert all(st["exp_avg"].device == STANDIN and st["exp_avg_sq"].device == STANDIN for st in states)

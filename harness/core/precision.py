@@ -16,3 +16,11 @@ def autocast(device: torch.device) -> ContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def full_precision(device: torch.device) -> ContextManager:
+    """Autocast off inside a bf16 region (fp32 math for penalties, Gram matrices, merges) on CUDA; a null context on
+    every other device, where no autocast runs."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()

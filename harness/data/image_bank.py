@@ -96,19 +96,16 @@ class ImageBank:
         if self._resident is not None:
             return self._resident[self.to_device(idx)]
         if isinstance(self._raw, torch.Tensor):
-            return self._raw[idx].to(self.device, non_blocking=True)
+            return to_device_async(self._raw[idx], self.device)  # pinned first: from pageable memory CUDA blocks
         ids = idx.numpy()
         order = np.argsort(ids, kind="stable")
         block = np.empty((len(ids),) + self._raw.shape[1:], dtype=np.uint8)
         block[order] = self._raw[ids[order]]
-        u8 = torch.from_numpy(block)
-        if self.device.type == "cuda":
-            u8 = u8.pin_memory()
-        return u8.to(self.device, non_blocking=True)
+        return to_device_async(torch.from_numpy(block), self.device)
 
     def preprocess(self, u8: torch.Tensor) -> torch.Tensor:
         """The deterministic (evaluation) view: the test transform, or a plain resize to the model's input size."""
-        u8 = u8.to(self.device, non_blocking=True)
+        u8 = to_device_async(u8, self.device)
         if self.test_transform is not None:
             return test_batch(u8, self.test_transform, self.image.mean, self.image.std)
         x = u8.float().div_(255.0)

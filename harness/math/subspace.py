@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Iterable, Literal
 
 import torch
 
+from harness.core.precision import full_precision
+
 if TYPE_CHECKING:
     from harness.model.backbone import CLModel
 
@@ -85,7 +87,7 @@ def input_covariances(model: "CLModel", batches: Iterable[tuple[torch.Tensor, to
     model.eval()
     try:
         for x, _ in batches:
-            with torch.autocast(x.device.type, enabled=False):
+            with full_precision(x.device):
                 model.features(x)
     finally:
         for h in handles:

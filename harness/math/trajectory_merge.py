@@ -56,9 +56,10 @@ def lora_product(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tens
 
 
 def random_like_norm(d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Augmentation (b): an i.i.d. Gaussian direction with the Frobenius norm of `d` (drawn on CPU, seeded)."""
-    noise = torch.randn(d.shape, generator=generator, dtype=torch.float64)
-    return (noise * (d.double().norm() / noise.norm().clamp(min=1e-12))).to(d.dtype).to(d.device)
+    """Augmentation (b): an i.i.d. Gaussian direction with the Frobenius norm of `d` (drawn on CPU, seeded, so the
+    same on every device; then moved to `d`'s device before it meets `d`'s norm, a device tensor off the CPU)."""
+    noise = torch.randn(d.shape, generator=generator, dtype=torch.float64).to(d.device)
+    return (noise * (d.double().norm() / noise.norm().clamp(min=1e-12))).to(d.dtype)
 
 
 def stack_directions(directions: list[Tensors]) -> Tensors:

@@ -133,7 +133,16 @@ class BackboneConfig:
 
 
 class SplitQKV(nn.Module):
-    """timm's fused qkv Linear as three Linears (q, k, v) with identical weights and output layout."""
+    """timm's fused qkv Linear as three Linears (q, k, v) with identical weights and output layout.
+
+    `fused` (off by default; `CLModel.set_fused_qkv`): the same function in fewer kernels, for the GPU check to
+    compare — one GEMM over the concatenated frozen q|k|v weights, one GEMM for the stacked LoRA down-projections
+    A of every active adapter, then each adapter's up-projection B added to its slice, scaled as peft does
+    (y = W·x + b + scaling·B·(A·x); dropout is 0 here). Same math as the three peft layers, not the same bits (the
+    sums are blocked differently): equal to float rounding (tests/test_backbone.py). A layer with forward hooks (the
+    pm-gauss noise, InfLoRA's covariance pass) takes the plain path, which runs them."""
+
+    fused: bool = False
 
     def __init__(self, qkv: nn.Linear):
         super().__init__()
@@ -147,7 +156,33 @@ class SplitQKV(nn.Module):
                     lin.bias.copy_(qkv.bias[i * out : (i + 1) * out])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        parts = (self.q, self.k, self.v)
+        if not self.fused or any(m._forward_hooks or m._forward_pre_hooks for m in parts):
+            return torch.cat([m(x) for m in parts], dim=-1)
+        return self._fused_forward(x, parts)
+
+    @staticmethod
+    def _fused_forward(x: torch.Tensor, parts: tuple[nn.Module, ...]) -> torch.Tensor:
+        bases = [m.get_base_layer() if hasattr(m, "get_base_layer") else m for m in parts]
+        weight = torch.cat([b.weight for b in bases])
+        bias = torch.cat([b.bias for b in bases]) if bases[0].bias is not None else None
+        y = nn.functional.linear(x, weight, bias)
+        adapters = [  # (output slice, A, B, scaling) of every active adapter of every LoRA layer
+            (i, m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a])
+            for i, m in enumerate(parts) if hasattr(m, "lora_A") and not m.disable_adapters
+            for a in m.active_adapters if a in m.lora_A.keys()
+        ]
+        if not adapters:
+            return y
+        down = nn.functional.linear(x.to(adapters[0][1].dtype), torch.cat([a for _, a, _, _ in adapters]))
+        out = y.shape[-1] // len(parts)
+        slices = list(y.split(out, dim=-1))
+        start = 0
+        for i, a, b, scaling in adapters:
+            r = a.shape[0]
+            slices[i] = slices[i] + nn.functional.linear(down[..., start : start + r], b) * scaling
+            start += r
+        return torch.cat(slices, dim=-1).to(y.dtype)
 
 
 def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
@@ -191,12 +226,21 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
 
 
 class TaskHeads(nn.Module):
-    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id)."""
+    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id).
+
+    A head is added after the model was moved to its device: it is drawn on the CPU (the seeded init gives the same
+    numbers on every device) and then moved to the device of `_device_anchor`, an empty non-persistent buffer that
+    follows the model's `.to(device)`."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
         self.heads = nn.ModuleList()
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
 
     @property
     def num_classes(self) -> int:
@@ -207,6 +251,7 @@ class TaskHeads(nn.Module):
             h.requires_grad_(False)
         with seeded(seed):
             head = nn.Linear(self.dim, num_classes)
+        head = head.to(self.device)
         self.heads.append(head)
         return head
 
@@ -301,6 +346,14 @@ class CLModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over all seen classes (heads concatenated), in global label order."""
         return self.heads(self.features(x))
+
+    def set_fused_qkv(self, on: bool) -> None:
+        """Route every block's q|k|v projection and its LoRA through `SplitQKV`'s fused path (fewer, larger GEMMs; the
+        same function to float rounding). Off by default; a throughput option (benchmarks/gpu_throughput.py
+        --fused-qkv), not part of a run's configuration."""
+        for m in self.vit.modules():
+            if isinstance(m, SplitQKV):
+                m.fused = on
 
     # ---- compilation ----------------------------------------------------------------------------------------
     def compile_features(self, backend: str | Callable = "inductor") -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core.devices import tensors_to
 from harness.core.io import BackgroundWriter, atomic_torch_save, host_snapshot
 from harness.core.seeding import rng_from_host, rng_to_host
 from harness.data.stream import Task
@@ -102,8 +103,14 @@ def load_checkpoint(path: Path, s: Setup) -> RunState:
 
 
 def _load_own(path: Path, s: Setup) -> dict:
-    """A checkpoint of this run (its run_id checked), loaded onto the run's device."""
-    ckpt = torch.load(path, map_location=s.device, weights_only=False)
+    """A checkpoint of this run (its run_id checked), loaded on the CPU; the model and method state are then moved
+    to the run's device. The optimiser state stays on the CPU: `Optimizer.load_state_dict` moves each moment to its
+    parameter's device and keeps AdamW's `step` counters where they were loaded — on the host, as a fresh optimiser
+    keeps them. (Loaded with map_location=device they would sit on the GPU and every later step would read them back
+    to the host: one sync per parameter per step for the rest of the task.)"""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt["run_id"] != s.cfg.run_id():
         raise RuntimeError(f"checkpoint {path} belongs to run {ckpt['run_id']}, not {s.cfg.run_id()}")
+    for key in ("model", "method"):
+        ckpt[key] = tensors_to(ckpt[key], s.device)
     return ckpt

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.config import ExecConfig, RunConfig
+from harness.core.devices import unusable_gpu_message, visible_nvidia_gpu
 from harness.core.errors import ConfigError
 from harness.core.schema import from_dict
 from harness.data.image_bank import ImageBank
@@ -26,10 +27,21 @@ from harness.train.tracking import NULL_TRACKER, Tracker
 
 
 def pick_device(name: str) -> torch.device:
+    """The run's device. `auto`: CUDA when torch can use it; the CPU only when the machine shows no GPU — a GPU that
+    torch cannot use (e.g. a driver older than torch's CUDA build) is a ConfigError naming both, not a silent CPU
+    run of days. `cpu` is always the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        gpu = visible_nvidia_gpu()
+        if gpu is not None:
+            raise ConfigError(f"device auto: {unusable_gpu_message(gpu)}")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+        gpu = visible_nvidia_gpu()
+        if gpu is not None:
+            raise ConfigError(f"device {name!r}: {unusable_gpu_message(gpu)}")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (no GPU is visible); use device=cpu or auto")
     return torch.device(name)
 
 
