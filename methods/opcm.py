@@ -12,12 +12,16 @@ distances stable. From the public code
 leading r×r block in the merged vector's singular basis), the split-rank rule, λ_t = ‖S_t‖/n̄_t with the norms over the
 whole task vector, τ̄_1 = τ_1, and α = 0.5 (`config/method/opcm/opcm.yaml`). Tasks are fine-tuned independently from
 W0 as in FusionBench (start "pretrained"). The code projects every linear layer of a fully fine-tuned CLIP; here
-only the LoRA-adapted k/v matrices carry task vectors. State: τ̄, λ and the sum of norms (constant memory).
+only the LoRA-adapted k/v matrices carry task vectors. [I] `diagonal: range` (default): the diagonal entries are
+zeroed only for the merged vector's nonzero singular values — a LoRA merge is rank-deficient, its null-space singular
+vectors are arbitrary, and zeroing their diagonal entries (the code's rule, `diagonal: all`) makes the merge jump with
+1-ulp changes. State: τ̄, λ and the sum of norms (constant memory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from harness.core.errors import ConfigError
 from harness.math.continual_merging import opcm_step
@@ -29,6 +33,7 @@ from methods._task_vectors import Start, TaskVectorMerge
 class Params:
     alpha: float = 0.5  # share of the merged vector's singular-value mass protected (FusionBench config)
     start: Start = "pretrained"  # independent fine-tuning from W0 (FusionBench's model pool)
+    diagonal: Literal["range", "all"] = "range"  # zero P_ii of nonzero singular values only [I], or all (the code)
 
     def validate(self, where: str) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -40,6 +45,7 @@ class OPCM(TaskVectorMerge):
     name = "opcm"
     description = "OPCM: each task vector projected off the merged vector's leading singular directions, summed, rescaled to the mean task-vector norm"
     Params = Params
+    reconstruction = "the code zeroes every diagonal entry of Uᵀτ_tV; here only those of the merged vector's nonzero singular values (LoRA merges are rank-deficient, their null-space singular vectors arbitrary); `diagonal: all` is the code's rule"
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
@@ -51,7 +57,7 @@ class OPCM(TaskVectorMerge):
     def absorb(self, tau, task) -> None:
         self.count += 1
         self.merged_tv, self.lam, self.norm_sum, self.record = opcm_step(
-            self.merged_tv, self.lam, self.norm_sum, self.count, tau, self.params.alpha
+            self.merged_tv, self.lam, self.norm_sum, self.count, tau, self.params.alpha, self.params.diagonal
         )
 
     def merged(self):

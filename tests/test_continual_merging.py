@@ -63,6 +63,10 @@ def test_opcm_projection_and_rescale_hand_worked():
     assert lam2 == pytest.approx(math.sqrt(172) / mean_norm, rel=1e-13) and rec2["lambda"] == lam2
     s2 = f64([[3.0, 0, 3], [0, 2, 6], [7, 8, 1]])
     torch.testing.assert_close(merged2["w"], s2 * mean_norm / math.sqrt(172), rtol=1e-12, atol=1e-12)
+    # a rank-1 τ̄ = diag(3, 0, 0): "range" zeroes only P_00 (its null-space singular vectors are arbitrary)
+    ones = torch.ones(3, 3, dtype=torch.float64)
+    torch.testing.assert_close(C.opcm_project(torch.diag(f64([3.0, 0, 0])), ones, 0.5),
+                               ones - torch.diag(f64([1.0, 0, 0])), rtol=0, atol=1e-12)
     # α = 0.5 → r = 1: only the diagonal goes (the 1×1 block is on it)
     torch.testing.assert_close(C.opcm_project(tau1["w"], tau2["w"], 0.5), f64([[0.0, 2, 3], [4, 0, 6], [7, 8, 0]]),
                                rtol=0, atol=1e-12)

@@ -32,7 +32,9 @@ def opcm_split_rank(singular_values: torch.Tensor, alpha: float) -> int:
     return int(above[0]) if len(above) else 0
 
 
-def opcm_project(merged_tv: torch.Tensor, tv: torch.Tensor, alpha: float) -> torch.Tensor:
+def opcm_project(
+    merged_tv: torch.Tensor, tv: torch.Tensor, alpha: float, diagonal: Literal["range", "all"] = "range"
+) -> torch.Tensor:
     """The new task vector with the merged vector's leading singular directions removed (one matrix):
 
         τ̄ = U S Vᵀ (full SVD),  P = Uᵀ τ V,  P_ii = 0 for every i,  P[:r, :r] = 0,  return U P Vᵀ,
@@ -41,11 +43,23 @@ def opcm_project(merged_tv: torch.Tensor, tv: torch.Tensor, alpha: float) -> tor
     "Merging Models on the Fly Without Retraining: A Sequential Approach to
     Scalable Continual Model Merging" (OPCM), arXiv 2501.09522: the new task vector projected orthogonally to the
     merged one's principal subspace; the exact rule — zero the diagonal (every u_iᵀτv_i) and the leading r×r block —
-    is the code's (`merge_linear_weights`). Computed in float64, returned in τ's dtype."""
+    is the code's (`merge_linear_weights`). `diagonal` "all" zeroes every P_ii as the code does; "range" (default [I])
+    only those of the numerically nonzero singular values (s_i > max(m, n)·ε·s_0 with ε of τ̄'s dtype, NumPy's
+    matrix_rank rule): for
+    a rank-deficient τ̄ — every LoRA merge — the other singular vectors are an arbitrary basis of the null spaces, so
+    zeroing their P_ii removes arbitrary components and makes the result jump with 1-ulp changes of τ̄ (measured: the
+    stand-in-device test's λ_2 moved by 5·10⁻⁴). Computed in float64, returned in τ's dtype."""
     u, _s, vh = torch.linalg.svd(merged_tv.to(torch.float64), full_matrices=True)
     r = opcm_split_rank(_s, alpha)
     p = u.T @ tv.to(torch.float64) @ vh.T
-    p.diagonal().zero_()
+    if diagonal == "all":
+        p.diagonal().zero_()
+    else:
+        # the input's precision: a float32 τ̄ of rank r has its other singular values at ~1e-7·s_0, not 0
+        tol = max(merged_tv.shape) * torch.finfo(merged_tv.dtype).eps * (_s[0] if _s.numel() else 0.0)
+        keep = (_s > tol).to(p.dtype)
+        d = p.diagonal()
+        d[: keep.numel()] = d[: keep.numel()] * (1.0 - keep)
     p[:r, :r] = 0
     return (u @ p @ vh).to(tv.dtype)
 
@@ -56,7 +70,8 @@ def tv_norm(tv: Tensors) -> float:
 
 
 def opcm_step(
-    merged: Tensors | None, lam_prev: float, norm_sum: float, t: int, tv: Tensors, alpha: float
+    merged: Tensors | None, lam_prev: float, norm_sum: float, t: int, tv: Tensors, alpha: float,
+    diagonal: Literal["range", "all"] = "range",
 ) -> tuple[Tensors, float, float, dict]:
     """One OPCM merge: (τ̄_t, λ_t, Σ_{i≤t} ‖τ_i‖, facts) from τ̄_{t−1} (`merged`, None at t = 1), λ_{t−1}, Σ_{i<t} ‖τ_i‖,
     the 1-based task index t and τ_t:
@@ -70,7 +85,7 @@ def opcm_step(
     norm_sum += tv_norm(tv)
     if merged is None:
         return dict(tv), 1.0, norm_sum, {"lambda": 1.0}
-    s = {n: lam_prev * merged[n] + opcm_project(merged[n], tv[n], alpha) for n in tv}
+    s = {n: lam_prev * merged[n] + opcm_project(merged[n], tv[n], alpha, diagonal) for n in tv}
     mean_norm = norm_sum / t
     s_norm = tv_norm(s)
     lam = s_norm / mean_norm if s_norm > 0 and mean_norm > 0 else lam_prev
