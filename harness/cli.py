@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -92,9 +93,11 @@ def cmd_run(args) -> int:
         from harness.core.io import read_json
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
+        ta = m.get("task_aware_a_last", math.nan)  # NaN in domain-il: one head, no task-aware accuracy
         print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting (Chaudhry) {100 * m['forgetting']:.2f}"
               + (f" (mammoth) {100 * m['forgetting_mammoth']:.2f}" if "forgetting_mammoth" in m else "") + "  "
-              f"task-aware A_last {100 * m['task_aware_a_last']:.2f}  (accuracy after each task: "
+              + (f"task-aware A_last {100 * ta:.2f}" if ta == ta else "task-aware: none (domain-il)")
+              + "  (accuracy after each task: "
               + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")
     return 0 if outcome.status in ("done", "skipped") else 1
 
@@ -215,7 +218,7 @@ def _failed(cells):
 
 
 def _run_grid_slurm(name: str, cells, args, show_report) -> int:
-    """Submit the unfinished cells as one job array and return (default: a grid can run for days; `status` follows
+    """Submit the unfinished cells as job arrays that fit the cluster and return (default: a grid can run for days; `status` follows
     it), or with --wait block until every cell is done or failed, then report."""
     from harness.dispatch.slurm import load_profile, submit, wait
     from harness.dispatch.slurm_queue import slurm_available
@@ -227,8 +230,8 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
     if args.log:
         raise ConfigError("--log: experiment tracking runs with the local and debug executors, not --executor slurm")
     if args.cells_per_job not in (None, 1) or args.max_parallel:
-        raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM each cell is one "
-                          "array element and the profile's array_parallelism caps how many run at once")
+        raise ConfigError("--cells-per-job/--max-parallel are for the local executor; on SLURM the profile's `pack` sets "
+                          "the cells per array element and its array_parallelism caps how many run at once")
     profile = load_profile(args.profile)
     unavailable = slurm_available()
     if unavailable:
@@ -238,7 +241,7 @@ def _run_grid_slurm(name: str, cells, args, show_report) -> int:
         for c in cells:
             if c.run_id() not in busy:  # never pull a run directory from under a live job
                 clear(c)
-    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed)
+    sub = submit(cells, profile, grid=name, retry_failed=args.retry_failed, wait_for_room=args.wait)
     reasons: dict[str, int] = {}
     for why in sub.skipped.values():
         reasons[why.split(" (")[0]] = reasons.get(why.split(" (")[0], 0) + 1
@@ -332,7 +335,7 @@ def cmd_stream(args) -> int:
     from harness.data.cache import is_prepared
     from harness.data.protocol import run_spec
     from harness.data.sources import load_source
-    from harness.data.stream import build_stream
+    from harness.data.stream import build_stream, stream_of
     from harness.resolve import resolve
 
     overrides = {"protocol": args.protocol} if args.protocol else {}
@@ -342,7 +345,7 @@ def cmd_stream(args) -> int:
     if prepared:
         data = load_source(spec)
         names, split = data.class_names, data.split_hash[:12]
-        stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+        stream = stream_of(spec, cfg.order_seed, data)
     else:
         names = sorted(spec.source.class_names) if spec.source.class_names else [str(c) for c in range(spec.num_classes)]
         split = "not prepared"
@@ -355,7 +358,8 @@ def cmd_stream(args) -> int:
     for t in stream.tasks:
         shown = ", ".join(f"{c}:{names[c]}" if names[c] != str(c) else str(c) for c in t.classes)
         counts = f"{len(t.train_indices)} train / {len(t.test_indices)} test — " if prepared else ""
-        print(f"task {t.index}: {counts}classes {shown}")
+        print(f"task {t.index}: {counts}domain {t.domain}, all {t.num_classes} classes" if t.domain is not None
+              else f"task {t.index}: {counts}classes {shown}")
     if not prepared:
         from harness.data.cache import prepare_command
 
@@ -404,9 +408,9 @@ def cmd_prepare(args) -> int:
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "debug", "slurm"],
-                   help="submitit executor (default: local); slurm submits one job array and returns")
+                   help="submitit executor (default: local); slurm submits job arrays that fit the cluster and returns")
     p.add_argument("--profile", default=None, metavar="slurm/NAME.yaml", help="SLURM profile (file or name in slurm/)")
-    p.add_argument("--wait", action="store_true", help="slurm: block until every submitted cell finished or failed")
+    p.add_argument("--wait", action="store_true", help="slurm: keep submitting as the queue frees up, then block until every cell finished or failed")
     p.add_argument("--retry-failed", action="store_true",
                    help="run only the cells that failed (error recorded, or their job ended without a result)")
     p.add_argument("--dry-run", action="store_true",

@@ -79,11 +79,14 @@ class RunConfig:
     order_seed: int | None = None  # class-order seed (None: the spec's own; ignored for natural order)
     protocol: str | None = None  # protocol preset of an image benchmark (datasets/protocols/), None for embedded ones
     tune: bool = False  # hold out a validation split of each task's training data (harness/data/validation.py)
+    scenario: str = "class-il"  # the benchmark's (class-il | domain-il), set by resolve from the spec; not a --set key
 
     def to_dict(self) -> dict:
         d = to_dict(self)
         if not d["tune"]:  # absent when off, so the hash (and result.json) of every untuned run is unchanged
             del d["tune"]
+        if d["scenario"] == "class-il":  # absent at its default: every class-il run keeps its run id
+            del d["scenario"]
         return d
 
     def run_id(self) -> str:

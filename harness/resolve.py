@@ -28,6 +28,7 @@ def resolve(
     """The fully resolved RunConfig of one cell. Unknown benchmark/method/key → ConfigError naming the valid ones."""
     spec = load_spec(benchmark)
     method_cls = get_method(method)
+    check_scenario(method_cls, spec.scenario, spec.name, where)
     protocol_name = (overrides or {}).get("protocol", spec.protocol)
     if protocol_name is not None and spec.source.kind != "images":
         raise ConfigError(f"{where}: protocol presets apply to image benchmarks; {spec.name!r} is {spec.source.kind}")
@@ -63,5 +64,15 @@ def resolve(
         "train": train,
         "method_params": to_dict(params_obj),
         **top,
+        "scenario": spec.scenario,
     }
     return RunConfig.from_dict(data, where)
+
+
+def check_scenario(method_cls, scenario: str, benchmark: str, where: str) -> None:
+    """A method runs only in the scenarios it declares (`Method.scenarios`); else a ConfigError saying why."""
+    if scenario not in method_cls.scenarios:
+        why = f" ({method_cls.scenario_note})" if method_cls.scenario_note else ""
+        raise ConfigError(f"{where}: method {method_cls.name!r} cannot run on {benchmark!r}, a {scenario} benchmark: it "
+                          f"runs in {', '.join(method_cls.scenarios)} only{why}. Remove it from the grid's methods, or "
+                          f"pick a {'/'.join(method_cls.scenarios)} benchmark")

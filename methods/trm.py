@@ -77,6 +77,11 @@ class TRM(Method):
     )
     Params = TRMParams
     constant_memory = True
+    scenarios = ("class-il",)
+    scenario_note = (
+        "L_cons keeps the old tasks' class predictions, and a domain-il task has no old classes (every task has all "
+        "of them): the term would silently vanish there"
+    )
     reconstruction = (
         "everything beyond the abstract (arXiv 2605.08311): K LoRA checkpoints at evenly spaced epochs as the "
         "trajectory; directions d_k = θ_t^(k) − θ̂_{t−1} dense per k/v matrix; augmentation θ̂_{t−1} − θ0 (or a random "

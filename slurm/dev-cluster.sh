@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Single-node SLURM cluster on localhost, with real accounting (slurmdbd + MariaDB), for trying clmerge's
+# Multi-node SLURM cluster on localhost (several slurmd, one per node name, each on its own port), with real accounting (slurmdbd + MariaDB), for trying clmerge's
 # SLURM mode on a workstation and for CI integration tests.
 #
 #   slurm/dev-cluster.sh start    install what is missing (Debian/Ubuntu apt), configure, start, wait until usable
@@ -13,7 +13,14 @@
 #   CLMERGE_SLURM_STOP_TIMEOUT     seconds between TERM and KILL during stop (default 20)
 #   CLMERGE_SLURMCTLD_PORT / CLMERGE_SLURMD_PORT / CLMERGE_SLURMDBD_PORT / CLMERGE_SLURM_MYSQL_PORT
 #                                  TCP ports (defaults 6817 / 6818 / 6819 / 13306); change them if another
-#                                  SLURM or MariaDB already uses them on this machine.
+#                                  SLURM or MariaDB already uses them on this machine. Node i's slurmd listens on
+#                                  CLMERGE_SLURMD_PORT + 10 * (i - 1) (6818, 6828, ...).
+#   CLMERGE_SLURM_NODES            number of nodes, n1..nN, one slurmd each (default 2)
+#   CLMERGE_SLURM_MAX_ARRAY_SIZE   MaxArraySize (default 101: small enough that tests split grids into arrays)
+#   CLMERGE_SLURM_MAX_SUBMIT       the user's MaxSubmitJobs association limit (default 150; jobs + array elements
+#                                  pending or running at once; sbatch rejects a submission beyond it)
+#   CLMERGE_SLURMD_TIMEOUT         seconds without an answer before a node is marked DOWN and its jobs requeued
+#                                  (default 30)
 #
 # No systemd is needed: every daemon runs in the foreground (-D) under setsid, in the background of this script,
 # with its log in <dir>/log/<daemon>.log (+ <daemon>.console.log: stdout/stderr) and its PID in <dir>/run/<daemon>.pid.
@@ -34,11 +41,20 @@ STOP_TIMEOUT="${CLMERGE_SLURM_STOP_TIMEOUT:-20}"
 SLURMCTLD_PORT="${CLMERGE_SLURMCTLD_PORT:-6817}"
 SLURMD_PORT="${CLMERGE_SLURMD_PORT:-6818}"
 SLURMDBD_PORT="${CLMERGE_SLURMDBD_PORT:-6819}"
+NODE_COUNT="${CLMERGE_SLURM_NODES:-2}"
+MAX_ARRAY_SIZE="${CLMERGE_SLURM_MAX_ARRAY_SIZE:-101}"
+MAX_SUBMIT="${CLMERGE_SLURM_MAX_SUBMIT:-150}"
+SLURMD_TIMEOUT="${CLMERGE_SLURMD_TIMEOUT:-30}"
 # Not MariaDB's default 3306, so that a MariaDB/MySQL already running on this machine does not collide with ours.
 MYSQL_PORT="${CLMERGE_SLURM_MYSQL_PORT:-13306}"
 
 CLUSTER_NAME="clmerge"   # also a table-name prefix in the accounting DB: keep it [a-z0-9_]
-NODE_NAME="localhost"
+CTLD_HOST="localhost"
+[[ "$NODE_COUNT" =~ ^[1-9][0-9]?$ ]] || { echo "[dev-cluster] ERROR: CLMERGE_SLURM_NODES must be 1..99, got '$NODE_COUNT'" >&2; exit 1; }
+NODES=()
+for ((i = 1; i <= NODE_COUNT; i++)); do NODES+=("n$i"); done
+node_port() { echo $((SLURMD_PORT + 10 * (${1#n} - 1))); }
+ACCOUNT="clmerge"
 PARTITION="debug"
 
 CONF="$STATE_DIR/slurm.conf"
@@ -50,9 +66,11 @@ MYSQL_SOCK="$RUN_DIR/mysqld.sock"
 DB_PASS_FILE="$STATE_DIR/db-password"
 
 RUN_USER="$(id -un)"
-# Start order; stop goes in reverse. The names are also the daemons' /proc/PID/comm, which is checked before any
-# signal is sent, so a stale PID file that now points at an unrelated process is never acted upon.
-DAEMONS=(mariadbd slurmdbd slurmctld slurmd)
+# Start order; stop goes in reverse. A name up to its first '-' is the daemon's /proc/PID/comm (slurmd-n2 is a
+# slurmd), which is checked before any signal is sent, so a stale PID file that now points at an unrelated process
+# is never acted upon.
+DAEMONS=(mariadbd slurmdbd slurmctld)
+for n in "${NODES[@]}"; do DAEMONS+=("slurmd-$n"); done
 
 export SLURM_CONF="$CONF"   # for every slurm client this script runs (sinfo, sacctmgr, squeue, scancel)
 
@@ -64,11 +82,15 @@ die() { printf '[dev-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
     cat >&2 <<EOF
-usage: $0 {start|stop|status|env}
+usage: $0 {start|stop|status|env|kill-node NODE|start-node NODE|stop-controller|start-controller}
   start   install missing packages (apt), configure and start slurmdbd+MariaDB, slurmctld, slurmd on localhost
   stop    cancel remaining jobs and stop all daemons started by 'start'
   status  show which daemons run and sinfo; exit status 0 only if all are up
   env     print the line to eval: export SLURM_CONF=$CONF
+  kill-node NODE       fault: KILL node NODE's slurmd and its jobs' processes (the controller notices later)
+  start-node NODE      start node NODE's slurmd again and wait until the node is usable
+  stop-controller      stop slurmctld only (it saves its state); jobs keep running on the nodes
+  start-controller     start slurmctld again from its saved state
 state directory: $STATE_DIR (set CLMERGE_SLURM_DIR to change)
 EOF
 }
@@ -83,7 +105,7 @@ daemon_pid() {
     pid="$(<"$f")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
-    [[ "$comm" == "$name" ]] || return 1
+    [[ "$comm" == "${name%%-*}" ]] || return 1
     # A zombie (exited, not yet reaped) is not running.
     [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
     echo "$pid"
@@ -223,15 +245,15 @@ install_packages() {
 write_configs() {
     local cpus mem_mb tmp
     cpus="$(nproc)"
-    # 85 % of physical memory: slurmd drains a node whose RealMemory exceeds what it detects, and the OS, MariaDB
-    # and the daemons need some headroom.
-    mem_mb="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.85}' /proc/meminfo)"
+    # Each node claims all CPUs and 85 % of physical memory divided among the nodes: they share this machine
+    # (oversubscribed CPUs, as a test cluster may be); the OS, MariaDB and the daemons need some headroom.
+    mem_mb="$(awk -v n="$NODE_COUNT" '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.85 / n}' /proc/meminfo)"
 
     tmp="$(mktemp "$STATE_DIR/.slurm.conf.XXXXXX")"
     cat >"$tmp" <<EOF
 # Generated by clmerge slurm/dev-cluster.sh -- rewritten on every start; edits are lost.
 ClusterName=$CLUSTER_NAME
-SlurmctldHost=$NODE_NAME
+SlurmctldHost=$CTLD_HOST
 SlurmctldPort=$SLURMCTLD_PORT
 SlurmdPort=$SLURMD_PORT
 # Daemons run as the user who started them (root in CI); no separate 'slurm' system user is needed.
@@ -255,8 +277,12 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=$NODE_NAME
+AccountingStorageHost=$CTLD_HOST
 AccountingStoragePort=$SLURMDBD_PORT
+# Jobs need an association (user $RUN_USER in account $ACCOUNT, made by start) and its limits hold: MaxSubmitJobs.
+AccountingStorageEnforce=associations,limits,qos
+# Small on purpose: a grid larger than this must be split into several arrays (a real site's default is 1001).
+MaxArraySize=$MAX_ARRAY_SIZE
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 # Defaults (bf_interval=30, sched_interval=60) add 30-60 s of latency to arrays and requeues.
@@ -271,17 +297,23 @@ KillWait=5
 # Keep finished jobs in slurmctld's memory for 10 min (scontrol show job); sacct has them for good anyway.
 MinJobAge=600
 InactiveLimit=0
-SlurmdTimeout=300
+# A node that does not answer for this long is DOWN and its jobs are requeued (fault tests kill a slurmd).
+SlurmdTimeout=$SLURMD_TIMEOUT
+# Several slurmd on one machine announce the configured CPUs/memory, not what each detects (they share it).
+SlurmdParameters=config_overrides
 StateSaveLocation=$STATE_DIR/state/slurmctld
-SlurmdSpoolDir=$STATE_DIR/state/slurmd
+# %n: the node's name, so that each slurmd has its own spool, PID file and log
+SlurmdSpoolDir=$STATE_DIR/state/slurmd-%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.daemon.pid
-SlurmdPidFile=$RUN_DIR/slurmd.daemon.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.daemon.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=$NODE_NAME NodeHostname=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
+$(for n in "${NODES[@]}"; do
+    echo "NodeName=$n NodeHostname=$CTLD_HOST NodeAddr=127.0.0.1 Port=$(node_port "$n") CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
+done)
+PartitionName=$PARTITION Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 EOF
     chmod 644 "$tmp"
     mv -f "$tmp" "$CONF"
@@ -295,7 +327,7 @@ EOF
 # Generated by clmerge slurm/dev-cluster.sh -- rewritten on every start; edits are lost.
 # slurmdbd refuses to start unless this file is owned by SlurmUser with mode 600.
 AuthType=auth/none
-DbdHost=$NODE_NAME
+DbdHost=$CTLD_HOST
 DbdAddr=127.0.0.1
 DbdPort=$SLURMDBD_PORT
 SlurmUser=$RUN_USER
@@ -382,18 +414,79 @@ start_slurmctld() {
     wait_for "slurmctld to answer" slurmctld scontrol ping
 }
 
-start_slurmd() {
-    already_running slurmd && return 0
-    msg "starting slurmd (port $SLURMD_PORT)"
-    # -N: the node name in slurm.conf, whatever this machine's hostname is.
-    launch slurmd slurmd -D -N "$NODE_NAME" -f "$CONF"
+# The account every job of $RUN_USER runs under, with the per-user submission limit (MaxSubmitJobs): jobs and
+# array elements pending or running at once. Idempotent: `add` of what exists fails harmlessly; `modify` resets.
+setup_association() {
+    sacctmgr -i add account "$ACCOUNT" cluster="$CLUSTER_NAME" >>"$LOG_DIR/slurmdbd.log" 2>&1 || true
+    sacctmgr -i add user "$RUN_USER" account="$ACCOUNT" cluster="$CLUSTER_NAME" defaultaccount="$ACCOUNT" \
+        >>"$LOG_DIR/slurmdbd.log" 2>&1 || true
+    sacctmgr -i modify user where name="$RUN_USER" cluster="$CLUSTER_NAME" set maxsubmitjobs="$MAX_SUBMIT" \
+        >>"$LOG_DIR/slurmdbd.log" 2>&1 || true
+    [[ "$(sacctmgr -n -P show assoc where user="$RUN_USER" cluster="$CLUSTER_NAME" format=maxsubmit 2>/dev/null | head -n1)" == "$MAX_SUBMIT" ]] \
+        || fail_start "could not give user $RUN_USER an association with MaxSubmitJobs=$MAX_SUBMIT (sacctmgr)"
 }
 
-node_usable() {
+# Job ids (raw, one per array element) that have a live slurmstepd of this cluster on node $1: its command line
+# reads "slurmstepd: [JOBID.STEP]".
+live_step_jobs() {
+    local p comm
+    for p in /proc/[0-9]*; do
+        comm="$(cat "$p/comm" 2>/dev/null)" || continue
+        [[ "$comm" == slurmstepd ]] || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" || continue
+        tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "CLMERGE_DEV_NODE=$1" || continue
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | sed -n 's/.*\[\([0-9]*\)\..*/\1/p'
+    done | sort -u
+}
+
+# Phantom jobs: slurmctld lists them running on node $1, but no process of theirs is left there (the node's slurmd
+# and job steps were killed while slurmctld could not hear of it, e.g. `stop` while the controller was down).
+# On a real cluster the node reboots and slurmctld sees the new boot time and fails them (NODE_FAIL); here the
+# machine did not reboot, so slurmctld would list them as running for ever, holding the node's CPUs. Requeue them
+# as a node failure would (a requeued clmerge cell resumes from its checkpoint), or cancel those that refuse.
+# Only jobs that started before $2 (epoch seconds: when this slurmd was launched) are candidates, so that a job
+# starting right now, whose slurmstepd is not there yet, is left alone.
+requeue_phantom_jobs() {
+    local node="$1" since="$2" live job start
+    live=" $(live_step_jobs "$node" | tr '\n' ' ') "
+    while read -r job start; do
+        [[ -n "$job" ]] || continue
+        [[ "$live" == *" $job "* ]] && continue
+        (($(date -d "$start" +%s 2>/dev/null || echo "$since") < since)) || continue
+        msg "job $job is listed as running on $node but none of its processes is left there: requeueing it"
+        scontrol requeue "$job" 2>/dev/null || scancel "$job" 2>/dev/null || true
+    done < <(squeue -h -w "$node" -t R,CG -o '%A %S' 2>/dev/null)
+}
+
+# Node $1's slurmd. -N: the node name in slurm.conf (its port and spool follow from it). CLMERGE_DEV_NODE marks
+# its processes, and the slurmstepd it forks inherit it: `kill-node` finds that node's jobs by it.
+start_slurmd() {
+    local node="$1"
+    already_running "slurmd-$node" && return 0
+    msg "starting slurmd for node $node (port $(node_port "$node"))"
+    date +%s >"$RUN_DIR/slurmd-$node.started"
+    launch "slurmd-$node" env CLMERGE_DEV_NODE="$node" slurmd -D -N "$node" -f "$CONF"
+}
+
+# After (re)starting: no job may stay "running" on a node without its processes.
+requeue_all_phantoms() {
+    local n
+    for n in "${NODES[@]}"; do
+        [[ -s "$RUN_DIR/slurmd-$n.started" ]] && requeue_phantom_jobs "$n" "$(<"$RUN_DIR/slurmd-$n.started")"
+    done
+    return 0
+}
+
+node_usable() {   # $1: node name
     local st
-    st="$(sinfo -h -N -n "$NODE_NAME" -o %T 2>/dev/null)" || return 1
+    st="$(sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1)" || return 1
     # '*' suffix = not responding. idle is the normal case; mixed/allocated when jobs from before a restart run.
     [[ "$st" =~ ^(idle|mixed|allocated|completing)$ ]]
+}
+
+all_nodes_usable() {
+    local n
+    for n in "${NODES[@]}"; do node_usable "$n" || return 1; done
 }
 
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}'; }
@@ -409,21 +502,27 @@ cmd_start() {
     [[ "$STATE_DIR" =~ [[:space:]] ]] && die "the state directory must not contain whitespace: '$STATE_DIR' (set CLMERGE_SLURM_DIR)"
     ((${#MYSQL_SOCK} <= 100)) || die "state directory path too long for MariaDB's socket ($MYSQL_SOCK); set CLMERGE_SLURM_DIR to a shorter path"
     install_packages
-    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/state/slurmctld" "$STATE_DIR/state/slurmd"
+    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/state/slurmctld"
+    local n
+    for n in "${NODES[@]}"; do mkdir -p "$STATE_DIR/state/slurmd-$n"; done
     # Check all ports first, so that a conflict does not leave half a cluster running.
     is_running mariadbd  || check_port_free MariaDB   "$MYSQL_PORT"     CLMERGE_SLURM_MYSQL_PORT
     is_running slurmdbd  || check_port_free slurmdbd  "$SLURMDBD_PORT"  CLMERGE_SLURMDBD_PORT
     is_running slurmctld || check_port_free slurmctld "$SLURMCTLD_PORT" CLMERGE_SLURMCTLD_PORT
-    is_running slurmd    || check_port_free slurmd    "$SLURMD_PORT"    CLMERGE_SLURMD_PORT
+    for n in "${NODES[@]}"; do
+        is_running "slurmd-$n" || check_port_free "slurmd-$n" "$(node_port "$n")" CLMERGE_SLURMD_PORT
+    done
     write_configs
     local t_cfg=$EPOCHREALTIME
     start_mariadb
     setup_database
     start_slurmdbd
+    setup_association
     start_slurmctld
-    start_slurmd
-    wait_for "node $NODE_NAME to be idle in sinfo" slurmd node_usable
+    for n in "${NODES[@]}"; do start_slurmd "$n"; done
+    wait_for "nodes ${NODES[*]} to be idle in sinfo" slurmctld all_nodes_usable
     all_running || fail_start "a daemon exited during start"
+    requeue_all_phantoms
     cluster_registered || fail_start "cluster $CLUSTER_NAME is not registered in accounting (sacctmgr)"
     msg "cluster '$CLUSTER_NAME' up in $(elapsed "$t0") s ($(elapsed "$t_cfg") s after installation/configuration); state and logs in $STATE_DIR"
     sinfo >&2 || true
@@ -466,12 +565,14 @@ stop_daemon() {
 
 # slurmstepd (one per job step, forked by slurmd) outlives slurmd. Ours are recognised by name *and* by carrying
 # this cluster's SLURM_CONF in their environment (inherited from the slurmd we started).
+# $1 (optional): only those of that node (CLMERGE_DEV_NODE in their environment).
 kill_leftover_steps() {
-    local p comm pids=()
+    local p comm pids=() node="${1:-}"
     for p in /proc/[0-9]*; do
         comm="$(cat "$p/comm" 2>/dev/null)" || continue
         [[ "$comm" == slurmstepd ]] || continue
         tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$CONF" || continue
+        [[ -z "$node" ]] || tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "CLMERGE_DEV_NODE=$node" || continue
         pids+=("${p#/proc/}")
     done
     ((${#pids[@]})) || return 0
@@ -509,6 +610,35 @@ cmd_stop() {
 }
 
 # ----------------------------------------------------------------------------------------------------------------
+# faults, for tests: a node that dies, a controller that restarts
+
+check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "no node '$1' (nodes: ${NODES[*]})"; }
+
+# A node's power cut: its slurmd and every job process on it are KILLed at once, nothing is told to the controller,
+# which notices after SlurmdTimeout, marks the node DOWN and requeues its jobs.
+cmd_kill_node() {
+    local node="$1" pid
+    check_node "$node"
+    if pid="$(daemon_pid "slurmd-$node")"; then
+        msg "killing node $node: slurmd (pid $pid) and its job steps"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    kill_leftover_steps "$node"
+    rm -f "$(pid_file "slurmd-$node")"
+}
+
+cmd_start_node() {
+    check_node "$1"
+    start_slurmd "$1"
+    wait_for "node $1 to be usable in sinfo" "slurmd-$1" node_usable "$1"
+    requeue_phantom_jobs "$1" "$(<"$RUN_DIR/slurmd-$1.started")"
+}
+
+# slurmctld stopped (TERM: it saves its state) and started again from that state, jobs left running meanwhile.
+cmd_stop_controller() { stop_daemon slurmctld; }
+cmd_start_controller() { start_slurmctld; }
+
+# ----------------------------------------------------------------------------------------------------------------
 # status
 
 cmd_status() {
@@ -523,7 +653,8 @@ cmd_status() {
     done
     if is_running slurmctld; then
         sinfo || ok=1
-        node_usable || { echo "node $NODE_NAME is not usable (see sinfo -R)"; ok=1; }
+        local n
+        for n in "${NODES[@]}"; do node_usable "$n" || { echo "node $n is not usable (see sinfo -R)"; ok=1; }; done
     fi
     if is_running slurmdbd; then
         cluster_registered || { echo "accounting: cluster $CLUSTER_NAME not registered / sacctmgr fails"; ok=1; }
@@ -539,6 +670,10 @@ case "${1:-}" in
     stop)   cmd_stop ;;
     status) cmd_status ;;
     env)    echo "export SLURM_CONF=$CONF" ;;
+    kill-node)  [[ $# == 2 ]] || { usage; exit 2; }; cmd_kill_node "$2" ;;
+    start-node) [[ $# == 2 ]] || { usage; exit 2; }; cmd_start_node "$2" ;;
+    stop-controller)  cmd_stop_controller ;;
+    start-controller) cmd_start_controller ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
 esac

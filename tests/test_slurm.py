@@ -1,4 +1,4 @@
-"""SLURM mode against a REAL cluster: the single-node one of slurm/dev-cluster.sh (slurmctld, slurmd, slurmdbd).
+"""SLURM mode against a REAL cluster: the multi-node one of slurm/dev-cluster.sh (slurmctld, slurmd n1 + n2, slurmdbd).
 
 If SLURM_CONF is set, its cluster is used as it is; otherwise, where sbatch exists, the session starts the dev
 cluster (and stops it at the end). Where the machine cannot run SLURM the tests are skipped with the reason, which
@@ -6,6 +6,7 @@ is also emitted as a warning so that it shows in pytest's summary. Everything us
 core per job), so the file takes a few minutes on 2 cores.
 """
 
+import getpass
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from harness.core.paths import project_root
 from harness.dispatch.executors import dispatch
 from harness.dispatch.grid import expand, load_grid
 from harness.dispatch.slurm_queue import slurm_available
+from harness.dispatch.slurm_limits import jobs_in_queue
 from harness.dispatch.slurm_queue import job_states, read_ledger
 from harness.report.grid_report import report
 from harness.store import is_complete, run_dir
@@ -219,3 +221,162 @@ def test_jobs_that_bypass_the_ledger_still_run_a_cell_once(slurm_cluster, tmp_pa
     ids = [j.job_id for j in jobs]  # the result pickle comes a moment before SLURM marks the job finished
     _wait_for(lambda: not any(s.active for s in job_states(ids).values()), 60, "both jobs to leave the queue")
     assert {s.state for s in job_states(ids).values()} == {"COMPLETED"}  # "busy" is not a job failure
+
+
+# ---- limits, scale and faults on the multi-node dev cluster (slurm/dev-cluster.sh: n1, n2; MaxArraySize 101,
+# ---- MaxSubmitJobs 150) --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dev_cluster(slurm_cluster):
+    """The dev cluster itself (its limits, its nodes to kill): skipped where SLURM_CONF names another cluster."""
+    conf = subprocess.run([str(DEV_CLUSTER), "env"], capture_output=True, text=True).stdout.split("=", 1)[1].strip()
+    if os.environ.get("SLURM_CONF") != conf:
+        pytest.skip(f"needs slurm/dev-cluster.sh's cluster; SLURM_CONF names {os.environ.get('SLURM_CONF')}")
+    _wait_for(lambda: jobs_in_queue() == 0, 120, "the queue to empty (earlier tests' jobs)")
+
+
+def _dev(*args: str) -> None:
+    p = subprocess.run([str(DEV_CLUSTER), *args], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, f"dev-cluster.sh {' '.join(args)}: {p.stderr[-2000:]}"
+
+
+def _node_of(job: str) -> str:
+    out = ""
+    deadline = time.time() + 60
+    while not out and time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-t", "R", "-o", "%N"], capture_output=True, text=True).stdout.strip()
+        time.sleep(0.5)
+    assert out, f"job {job} is not running"
+    return out
+
+
+def _sacct_states(job: str) -> list[str]:
+    """Every run of the job, requeues included (-D), oldest first."""
+    out = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", job, "-o", "State"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def test_the_cluster_limits_are_read_and_a_contradicting_profile_is_refused(dev_cluster, tmp_path, results):
+    from harness.dispatch.slurm import load_profile, resolve_limits
+
+    limits = resolve_limits(load_profile(PROFILE), log=lambda _: None)
+    assert (limits.max_array_size, limits.max_jobs_in_queue) == (101, 150)
+    assert limits.sources == {"max_array_size": "scontrol show config: MaxArraySize=101",
+                              "max_jobs_in_queue": f"sacctmgr association of {getpass.getuser()}: MaxSubmitJobs=150"}
+    profile = tmp_path / "wide-profile.yaml"
+    profile.write_text(yaml.safe_dump({**yaml.safe_load(Path(PROFILE).read_text()), "max_array_size": 1001}))
+    grid = _grid(tmp_path, "big", ["seq-lora"], [0])
+    p = clmerge("grid", grid, "--executor", "slurm", "--profile", str(profile))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"{profile}.max_array_size: 1001 is more than the cluster allows (101, from scontrol show config" in p.stderr
+    assert not (results / "jobs" / "slurm" / "ledger.json").exists()  # nothing submitted
+
+
+def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, results):
+    """250 one-element cells against MaxArraySize 101 and MaxSubmitJobs 150: arrays of 101 and 49, then the rest as
+    room frees up, every cell run once. The element body is tests/slurm_jobs.py's RecordingJob (the cell's lock,
+    result and start line, no training), so the 250 jobs take a couple of minutes on 2 cores."""
+    from harness.dispatch.slurm import load_profile, submit
+    from harness.dispatch.status import cell_statuses
+    from harness.resolve import resolve
+    from tests.slurm_jobs import RecordingJob, run_id
+
+    cells = [resolve("split-digits-2x5", "seq-lora", seed=s, overrides=FAST) for s in range(250)]
+    assert run_id(cells[7].to_dict()) == cells[7].run_id()  # the stand-in finds the real run directories
+    profile = load_profile(PROFILE)
+    profile.array_parallelism, profile.submit_poll_s = 101, 2.0
+    logs: list[str] = []
+    t0 = time.time()
+    sub = submit(cells, profile, results, grid="scale", log=logs.append, wait_for_room=True, job=RecordingJob())
+    t_submit = time.time() - t0
+    arrays = [int(m) for m in re.findall(r"submitted (\d+) cells as SLURM array job", "\n".join(logs))]
+    assert arrays[:2] == [101, 49] and sum(arrays) == 250 and len(sub.submitted) == 250, logs
+    assert any("cells wait for room in the queue (the queue holds" in line for line in logs), logs
+    _wait_for(lambda: all(is_complete(run_dir(c, results)) for c in cells), 900, "all 250 cells to finish")
+    print(f"\n[test_slurm] 250 cells: submitted as {len(arrays)} arrays {arrays} in {t_submit:.1f} s, "
+          f"all done after {time.time() - t0:.1f} s", file=sys.stderr)
+    ledger = read_ledger(results)
+    assert all(len(ledger[c.run_id()]) == 1 for c in cells)  # submitted once
+    assert [_starts(c, results) for c in cells] == [1] * 250  # run once
+    assert {s.state for s in cell_statuses(cells, results)} == {"done"}
+    again = submit(cells, profile, results, log=lambda _: None, job=RecordingJob())
+    assert again.submitted == [] and set(again.skipped.values()) <= {f"done (job {e[0]['job_id']})" for e in ledger.values()}
+
+
+def test_a_killed_node_requeues_its_job_and_the_cell_resumes_to_the_same_result(dev_cluster, tmp_path, results):
+    """The node running a cell loses power (its slurmd and job processes KILLed). After SlurmdTimeout the controller
+    marks it DOWN and requeues the job (NODE_FAIL); it runs on the other node, resumes from the epoch checkpoint and
+    ends with the result of an uninterrupted run."""
+    grid = _grid(tmp_path, "node", ["seq-lora"], [6], **{"train.epochs": 10})  # killed right after its first epoch
+    (cfg,) = expand(load_grid(grid))
+    d = run_dir(cfg, results)
+    assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
+    _wait_for(lambda: (d / "checkpoint.epoch.pt").exists(), 300, "the cell's first epoch checkpoint")
+    job = _job_of(cfg, results)
+    node = _node_of(job)
+    t0 = time.time()
+    _dev("kill-node", node)
+    try:
+        resumed = lambda: re.search(r"resumed (?:at task \d+, epoch \d+|after task \d+)", (d / "events.log").read_text())  # noqa: E731
+        _wait_for(resumed, 300, "the job to be requeued on another node and to resume")
+        print(f"\n[test_slurm] node {node} killed → job requeued → resumed in {time.time() - t0:.1f} s", file=sys.stderr)
+        reference = _reference(cfg)  # meanwhile
+        _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
+    finally:
+        _dev("start-node", node)
+    # the result is written a moment before the job ends, and sacct lags squeue by seconds
+    _wait_for(lambda: _sacct_states(job)[-1:] == ["COMPLETED"], 120, "sacct to record the job completed")
+    assert _sacct_states(job)[0] == "NODE_FAIL", _sacct_states(job)
+    assert len(read_ledger(results)[cfg.run_id()]) == 1  # requeued by SLURM, not resubmitted
+    r = json.loads((d / "result.json").read_text())
+    assert r["acc_matrix"] == reference.acc and r["task_aware_matrix"] == reference.task_aware
+
+
+def test_a_controller_restart_with_jobs_in_flight_leaves_no_phantom_job(dev_cluster, tmp_path, results):
+    """slurmctld goes down while two cells run and they finish meanwhile. After it starts again, `status` and SLURM
+    agree that they are done, no job stays "running" and holds a node, and the next submission runs."""
+    grid = _grid(tmp_path, "ctld", ["seq-lora", "joint"], [7], **{"train.epochs": 6})
+    cells = expand(load_grid(grid))
+    assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
+    _wait_for(lambda: all((run_dir(c, results) / "events.log").exists() for c in cells), 300, "both cells to start")
+    jobs = [_job_of(c, results) for c in cells]
+    _dev("stop-controller")
+    try:
+        _wait_for(lambda: all(is_complete(run_dir(c, results)) for c in cells), 300, "both cells to finish, controller down")
+        time.sleep(5)  # the jobs' processes end and their slurmstepd try to report to the absent controller
+    finally:
+        _dev("start-controller")
+    t0 = time.time()
+    _wait_for(lambda: not any(s.active for s in job_states(jobs).values()), 120, "SLURM to see the jobs ended (no phantom)")
+    print(f"\n[test_slurm] controller restarted: jobs seen ended after {time.time() - t0:.1f} s", file=sys.stderr)
+    st = clmerge("status", grid)
+    assert st.returncode == 0 and st.stdout.count("\ndone ") == 2, st.stdout
+    nxt = _grid(tmp_path, "after", ["seq-lora"], [8])
+    p = clmerge("grid", nxt, "--executor", "slurm", "--profile", PROFILE, "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    _wait_for(lambda: jobs_in_queue() == 0, 60, "the queue to empty: no job left running on a node")
+
+
+def test_a_job_lost_while_the_controller_was_down_is_requeued_not_left_a_phantom(dev_cluster, tmp_path, results):
+    """The controller is down when the whole cluster stops (the nodes' job processes die with it), then everything
+    starts again. slurmctld's saved state still says the job runs; this machine did not reboot, so SLURM would list
+    it running for ever, holding a node (measured before the fix). `dev-cluster.sh start` finds no process of it on
+    its node and requeues it, as a node failure would: the cell resumes from its checkpoint and finishes."""
+    grid = _grid(tmp_path, "lost", ["seq-lora"], [4], **{"train.epochs": 40})  # must outlive stop-controller + stop
+    (cfg,) = expand(load_grid(grid))
+    d = run_dir(cfg, results)
+    assert clmerge("grid", grid, "--executor", "slurm", "--profile", PROFILE).returncode == 0
+    _wait_for(lambda: (d / "checkpoint.epoch.pt").exists(), 300, "the cell's first epoch checkpoint")
+    job = _job_of(cfg, results)
+    _dev("stop-controller")
+    _dev("stop")
+    _dev("start")
+    t0 = time.time()
+    _wait_for(lambda: "resumed" in (d / "events.log").read_text(), 300, "the lost job to be requeued and to resume")
+    print(f"\n[test_slurm] cluster restarted → lost job requeued → resumed in {time.time() - t0:.1f} s", file=sys.stderr)
+    _wait_for(lambda: is_complete(d), 300, "the requeued job to finish the cell")
+    _wait_for(lambda: jobs_in_queue() == 0, 60, "the queue to empty")
+    _wait_for(lambda: _sacct_states(job)[-1:] == ["COMPLETED"], 60, "sacct to record the job completed")
+    assert _sacct_states(job) == ["REQUEUED", "COMPLETED"], _sacct_states(job)
+    assert len(read_ledger(results)[cfg.run_id()]) == 1

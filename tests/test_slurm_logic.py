@@ -16,6 +16,7 @@ from harness.dispatch import slurm
 from harness.dispatch import slurm_queue
 from harness.dispatch import status
 from harness.dispatch.slurm import load_profile, sbatch_parameters, submit
+from harness.dispatch.slurm_limits import Limits
 from harness.dispatch.slurm_queue import JobState, QueueError, read_ledger
 from harness.dispatch.status import cell_statuses, format_statuses
 from harness.resolve import resolve
@@ -133,12 +134,12 @@ def test_submit_skips_finished_queued_and_running_cells(results, monkeypatch):
     FakeExecutor.submitted = []
     profile = load_profile("dev-cluster")
 
-    retry = submit(cells, profile, results, retry_failed=True, log=lambda _: None)
+    retry = submit(cells, profile, results, retry_failed=True, log=lambda _: None, limits=Limits())
     assert FakeExecutor.submitted == [[failed.seed]] and list(retry.job_ids) == [failed.run_id()]
     assert retry.skipped[new.run_id()] == "not failed (never submitted)"
     assert [e["job_id"] for e in read_ledger(results)[failed.run_id()]] == ["5_2", "9_0"]  # history kept
 
-    sub = submit(cells, profile, results, log=lambda _: None)  # the retried cell is now pending as 9_0
+    sub = submit(cells, profile, results, log=lambda _: None, limits=Limits())  # the retried cell is now pending as 9_0
     assert FakeExecutor.submitted[-1] == [new.seed]
     assert sub.skipped == {done.run_id(): "done", queued.run_id(): "pending (job 5_1)", failed.run_id(): "pending (job 9_0)"}
 

@@ -1,23 +1,62 @@
-"""Atomic file writes and file locks: a half-written file is never read as complete."""
+"""Atomic file writes and file locks: a half-written file is never read as complete.
+
+Files for a shared cluster: an atomic write ends with the mode a plain `open(path, "w")` would give — the existing
+file's mode, or 0666 minus the umask for a new file — not mkstemp's private 0600, so collaborators in the group read
+results, tables, plots and logs when the umask lets them. Locks are flock(2); a filesystem that refuses them
+(Lustre mounted without `flock`, some NFS setups) gets a LockUnsupported error naming the mount.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from harness.core.errors import ConfigError
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status, kernel >= 4.7);
+    elsewhere set and restored under a lock (os.umask has no read-only form)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def plain_write_mode(path: Path) -> int:
+    """The permission bits `open(path, "w")` would leave: an existing file keeps its own, a new one gets
+    0o666 & ~umask (POSIX open(2) with O_CREAT and mode 0666)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = plain_write_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp makes 0600: give the file the mode a plain write would have
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -167,9 +206,51 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+class LockUnsupported(ConfigError):
+    """The filesystem refuses flock: cells could run twice, so nothing runs."""
+
+
+# flock's answers on a filesystem without lock support: Lustre without -o flock (ENOSYS), NFS without a lock
+# manager (ENOLCK), FUSE and others (EOPNOTSUPP / ENOTSUP)
+_NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def mount_of(path: Path, mountinfo: str | None = None) -> tuple[str, str, str]:
+    """(mount point, filesystem type, mount options) of the mount holding `path`, from /proc/self/mountinfo (the
+    longest mount point that is a prefix of the resolved path); ("?", "?", "") where that is not readable."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return "?", "?", ""
+    target = str(Path(path).resolve())
+    best = ("?", "?", "")
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if not sep or len(fields) < 6 or not rest:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best[0] == "?" or len(point) >= len(best[0])):
+            best = (point, rest[0], fields[5] + ("," + rest[2] if len(rest) > 2 else ""))
+    return best
+
+
+def lock_unsupported(path: Path, exc: OSError) -> LockUnsupported:
+    point, fstype, options = mount_of(path.parent)
+    return LockUnsupported(
+        f"cannot lock {path}: the filesystem refuses file locks ({os.strerror(exc.errno or 0)}); mount {point} "
+        f"(type {fstype}, options {options or '?'}). clmerge needs flock so that no cell runs twice: remount it with "
+        f"locks (Lustre: -o flock; NFS: with a lock manager, not -o nolock) or put the results on a filesystem that "
+        f"has them (--results DIR or CLMERGE_RESULTS)"
+    )
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """An flock on `path` (created if needed). Yields False at once if non-blocking and held elsewhere."""
+    """An flock on `path` (created if needed). Yields False at once if non-blocking and held elsewhere. Raises
+    LockUnsupported, naming the mount, where the filesystem has no working locks."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
@@ -179,6 +260,10 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                raise lock_unsupported(path, exc) from exc
+            raise
         try:
             yield True
         finally:

@@ -15,6 +15,19 @@ from harness.data.spec import BenchmarkSpec
 from harness.data.splits import stratified_split
 
 
+def rotated_digits(images: np.ndarray, angle: int, size: int) -> torch.Tensor:
+    """uint8 [N, 1, 8, 8] digits → uint8 [N, 1, size, size]: upsampled (bilinear, as the model input is made) and
+    rotated by `angle` degrees counter-clockwise about the centre (bilinear, background 0). Deterministic: no RNG."""
+    import torch.nn.functional as F
+    from torchvision.transforms.functional import InterpolationMode, rotate
+
+    x = torch.from_numpy(images).float().div_(255.0)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if angle % 360:
+        x = rotate(x, float(angle), interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _load_sklearn_digits(spec: BenchmarkSpec) -> SourceData:
     from sklearn.datasets import load_digits
 
@@ -26,13 +39,32 @@ def _load_sklearn_digits(spec: BenchmarkSpec) -> SourceData:
     if held is None:
         raise ConfigError(f"{spec.file}: source sklearn-digits has no official split; add held_out: {{test_fraction, seed}}")
     tr, te = stratified_split(labels, held.test_fraction, held.seed)
+    if spec.source.rotations is None:
+        return SourceData(
+            train_images=torch.from_numpy(images[tr]),
+            train_labels=labels[tr],
+            test_images=torch.from_numpy(images[te]),
+            test_labels=labels[te],
+            class_names=[str(i) for i in range(10)],
+            split_hash=split_hash(tr, te),
+        )
+    # one domain per angle, each holding every image of the split (the same writers' digits, rotated): a test image
+    # is never a rotation of a training image. Samples are domain-major; domain ids index the sorted names.
+    angles = spec.source.rotations
+    size = spec.image.size
+    names = sorted(f"rot{a}" for a in angles)
+    parts = {role: [rotated_digits(images[idx], a, size) for a in angles] for role, idx in (("train", tr), ("test", te))}
+    dom = {role: np.repeat([names.index(f"rot{a}") for a in angles], len(idx)) for role, idx in (("train", tr), ("test", te))}
     return SourceData(
-        train_images=torch.from_numpy(images[tr]),
-        train_labels=labels[tr],
-        test_images=torch.from_numpy(images[te]),
-        test_labels=labels[te],
+        train_images=torch.cat(parts["train"]),
+        train_labels=np.tile(labels[tr], len(angles)),
+        test_images=torch.cat(parts["test"]),
+        test_labels=np.tile(labels[te], len(angles)),
         class_names=[str(i) for i in range(10)],
         split_hash=split_hash(tr, te),
+        domain_names=names,
+        train_domains=dom["train"],
+        test_domains=dom["test"],
     )
 
 

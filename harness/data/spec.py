@@ -18,6 +18,12 @@ from harness.data.image_sources import HubColumns
 
 SOURCE_KINDS = ("sklearn-digits", "images")
 STYLES = ("cifar", "imagenet")
+SCENARIOS = ("class-il", "domain-il")
+# per-task: a new head over each task's classes, concatenated at evaluation (class-il). shared: one head over all
+# classes, trained in every task (mammoth's domain-il). pretraining-probe: one head over all classes, a linear probe
+# fitted on the backbone's pre-training data and frozen (a stand-in for MagMax's frozen zero-shot head;
+# harness/model/probe_head.py), so only the backbone's adapters carry what a task teaches.
+HEADS = ("per-task", "shared", "pretraining-probe")
 
 
 @dataclass
@@ -44,12 +50,36 @@ class SourceSpec:
     class_pattern: str | None = None  # regex every class name must match (e.g. wnids: ^n\d{8}$)
     class_names: list[str] | None = None  # the expected class names, when known (sorted = class ids)
     storage_size: int = 256  # images stored as S×S: shorter side resized to S, centre crop
+    # sklearn-digits only: every image under each of these rotations (degrees, counter-clockwise), one domain per
+    # angle named rot<angle> (harness/data/sources.py); the domains of a domain-il benchmark
+    rotations: list[int] | None = None
 
     def validate(self, where: str) -> None:
         if self.kind not in SOURCE_KINDS:
             raise unknown("source kind", self.kind, SOURCE_KINDS, where)
         if self.storage_size < 8:
             raise ConfigError(f"{where}.storage_size: must be >= 8, got {self.storage_size}")
+        if self.rotations is not None:
+            if self.kind != "sklearn-digits":
+                raise ConfigError(f"{where}.rotations: only the sklearn-digits source makes rotated domains")
+            if not self.rotations or len(set(self.rotations)) != len(self.rotations):
+                raise ConfigError(f"{where}.rotations: give distinct angles in degrees, got {self.rotations}")
+
+
+@dataclass
+class DomainsSpec:
+    """domain-il: the domains, one task each, in the order they are learnt, and where a sample's domain is read.
+
+    `read`: `source` — the source's own domain of each sample (DomainNet's lists, the digits' rotations);
+    `file-prefix` — the part of the file name before the first `_` (ImageNet-R: `art_0.jpg` is in domain `art`).
+    """
+
+    order: list[str]
+    read: Literal["source", "file-prefix"] = "source"
+
+    def validate(self, where: str) -> None:
+        if not self.order or len(set(self.order)) != len(self.order):
+            raise ConfigError(f"{where}.order: give the distinct domains in the order learnt, got {self.order}")
 
 
 @dataclass
@@ -102,8 +132,11 @@ class BenchmarkSpec:
     description: str
     source: SourceSpec
     num_classes: int
-    split: SplitSpec
     backbone: str
+    split: SplitSpec | None = None  # class-il: how the classes split into tasks (domain-il: one task per domain)
+    scenario: Literal["class-il", "domain-il"] = "class-il"
+    domains: DomainsSpec | None = None  # domain-il only
+    head: Literal["per-task", "shared", "pretraining-probe"] | None = None  # None: per-task (class-il), shared (domain-il)
     image: ImageSpec | None = None  # model input; for `images` benchmarks it comes from the protocol
     class_order: Literal["natural", "permutation", "pcg64-shuffle", "python-shuffle"] | list[int] = "natural"
     order_seed: int | None = None
@@ -117,12 +150,13 @@ class BenchmarkSpec:
     file: str = ""
 
     def validate(self, where: str) -> None:
+        self._validate_scenario(where)
         if self.source.kind == "images" and (self.style is None or self.protocol is None):
             raise ConfigError(f"{where}: an 'images' benchmark needs 'style' ({', '.join(STYLES)}) and a default 'protocol'")
         if self.source.kind != "images" and self.image is None:
             raise ConfigError(f"{where}: missing required key 'image' (size, channels, mean, std)")
         inc = self.increments()
-        if sum(inc) != self.num_classes:
+        if self.scenario == "class-il" and sum(inc) != self.num_classes:
             raise ConfigError(f"{where}.split: tasks cover {sum(inc)} classes but num_classes is {self.num_classes}")
         if isinstance(self.class_order, list) and sorted(self.class_order) != list(range(self.num_classes)):
             raise ConfigError(f"{where}.class_order: an explicit order must be a permutation of 0..{self.num_classes - 1}")
@@ -135,7 +169,40 @@ class BenchmarkSpec:
         if bad:
             raise ConfigError(f"{where}.train: unknown key {bad[0]!r}; valid keys: {', '.join(field_names(TrainConfig))}")
 
+    def _validate_scenario(self, where: str) -> None:
+        if self.scenario == "class-il":
+            if self.split is None:
+                raise ConfigError(f"{where}: missing required key 'split' (num_tasks or increments) for a class-il benchmark")
+            if self.domains is not None:
+                raise ConfigError(f"{where}.domains: only a domain-il benchmark has domains (set scenario: domain-il)")
+            if self.head_kind() != "per-task":
+                raise ConfigError(f"{where}.head: a class-il benchmark has one head per task, got {self.head!r}")
+            return
+        if self.split is not None:
+            raise ConfigError(f"{where}.split: a domain-il benchmark has one task per domain (domains.order); remove 'split'")
+        if self.domains is None:
+            raise ConfigError(f"{where}: missing required key 'domains' (order, read) for a domain-il benchmark")
+        if self.head_kind() == "per-task":
+            raise ConfigError(f"{where}.head: a domain-il benchmark has one label space; valid heads: shared, pretraining-probe")
+        rot = self.source.rotations
+        if rot is not None and sorted(self.domains.order) != sorted(f"rot{a}" for a in rot):
+            raise ConfigError(f"{where}.domains.order: the source's domains are {[f'rot{a}' for a in rot]}, got {self.domains.order}")
+        if self.domains.read == "file-prefix" and self.source.kind != "images":
+            raise ConfigError(f"{where}.domains.read: file-prefix applies to image benchmarks; use 'source'")
+        if self.class_order != "natural":
+            raise ConfigError(f"{where}.class_order: every domain-il task has all classes; leave class_order natural")
+
+    def head_kind(self) -> str:
+        """The head arrangement: the spec's `head`, or its scenario's default."""
+        return self.head or ("per-task" if self.scenario == "class-il" else "shared")
+
+    def num_tasks(self) -> int:
+        return len(self.domains.order) if self.scenario == "domain-il" else len(self.increments())
+
     def increments(self) -> list[int]:
+        """Classes per task, class-il (domain-il: every task has all classes)."""
+        if self.scenario == "domain-il":
+            return [self.num_classes] * len(self.domains.order)
         if self.split.increments is not None:
             return list(self.split.increments)
         n, t = self.num_classes, self.split.num_tasks or 1

@@ -50,7 +50,8 @@ def class_order(spec: BenchmarkSpec, order_seed: int | None) -> list[int]:
 class Task:
     """One task: its classes (source ids, in order), the global label offset, and sample indices.
 
-    Global labels are positions in the class order: task t's classes map to offset..offset+len(classes)-1.
+    Global labels are positions in the class order: task t's classes map to offset..offset+len(classes)-1. In a
+    domain-il stream every task has all classes (offset 0) and its samples are those of its domain.
     """
 
     index: int
@@ -58,6 +59,7 @@ class Task:
     offset: int
     train_indices: np.ndarray
     test_indices: np.ndarray
+    domain: str | None = None  # domain-il: the task's domain (its classes are all classes, offset 0)
 
     @property
     def num_classes(self) -> int:
@@ -69,35 +71,47 @@ class TaskStream:
     order: tuple[int, ...]
     tasks: tuple[Task, ...]
     position: np.ndarray  # source class id → global label (position in order)
+    scenario: str = "class-il"
 
     def remap(self, source_labels: np.ndarray) -> np.ndarray:
         return self.position[source_labels]
 
     def seen_classes(self, t: int) -> int:
+        """Outputs of the evaluation model after task t: the classes seen so far (class-il), all classes (domain-il)."""
         task = self.tasks[t]
         return task.offset + task.num_classes
 
     def record(self) -> dict:
-        """What every run stores about its stream."""
-        return {
+        """What every run stores about its stream (domain-il streams add the scenario and each task's domain)."""
+        out: dict = {
             "class_order": list(self.order),
             "tasks": [
                 {
                     "classes": list(t.classes),
                     "num_train": int(len(t.train_indices)),
                     "num_test": int(len(t.test_indices)),
+                    **({"domain": t.domain} if t.domain is not None else {}),
                 }
                 for t in self.tasks
             ],
         }
+        if self.scenario != "class-il":  # class-il records keep their exact content
+            out["scenario"] = self.scenario
+        return out
 
 
 def build_stream(
-    spec: BenchmarkSpec, order_seed: int | None, train_labels: np.ndarray, test_labels: np.ndarray
+    spec: BenchmarkSpec, order_seed: int | None, train_labels: np.ndarray, test_labels: np.ndarray,
+    domains: tuple[list[str], np.ndarray, np.ndarray] | None = None,
 ) -> TaskStream:
+    """The tasks of `spec`. class-il: the classes in order, split by `spec.increments()`. domain-il: one task per
+    domain of `spec.domains.order`, each with all classes; `domains` = (domain names, each train sample's index into
+    them, each test sample's); None lists the tasks without samples (`clmerge stream` before `prepare`)."""
     order = class_order(spec, order_seed)
     position = np.empty(spec.num_classes, dtype=np.int64)
     position[np.asarray(order)] = np.arange(spec.num_classes)
+    if spec.scenario == "domain-il":
+        return _domain_stream(spec, order, position, domains)
     tasks, offset = [], 0
     for i, n in enumerate(spec.increments()):
         classes = tuple(order[offset : offset + n])
@@ -112,3 +126,36 @@ def build_stream(
         )
         offset += n
     return TaskStream(order=tuple(order), tasks=tuple(tasks), position=position)
+
+
+def _domain_stream(spec: BenchmarkSpec, order: list[int], position: np.ndarray,
+                   domains: tuple[list[str], np.ndarray, np.ndarray] | None) -> TaskStream:
+    from harness.core.errors import ConfigError
+
+    empty = np.zeros(0, dtype=np.int64)
+    tasks = []
+    for i, name in enumerate(spec.domains.order):
+        train_idx = test_idx = empty
+        if domains is not None:
+            names, train_dom, test_dom = domains
+            if name not in names:
+                raise ConfigError(f"{spec.file or spec.name}: domain {name!r} of domains.order is not in the data; "
+                                  f"its domains are: {', '.join(names)}")
+            d = names.index(name)
+            train_idx, test_idx = np.flatnonzero(train_dom == d), np.flatnonzero(test_dom == d)
+        tasks.append(Task(index=i, classes=tuple(order), offset=0, train_indices=train_idx, test_indices=test_idx,
+                          domain=name))
+    return TaskStream(order=tuple(order), tasks=tuple(tasks), position=position, scenario="domain-il")
+
+
+def stream_of(spec: BenchmarkSpec, order_seed: int | None, data) -> TaskStream:
+    """The task stream of loaded `SourceData` (its domains for a domain-il benchmark)."""
+    from harness.core.errors import ConfigError
+
+    domains = None
+    if spec.scenario == "domain-il":
+        if data.domain_names is None:
+            raise ConfigError(f"{spec.file or spec.name}: a domain-il benchmark needs the domain of every sample, and "
+                              f"its source gives none (source.rotations for digits, a source with domains for images)")
+        domains = (data.domain_names, data.train_domains, data.test_domains)
+    return build_stream(spec, order_seed, data.train_labels, data.test_labels, domains)

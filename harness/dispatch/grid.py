@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, check_seed, config_hash
 from harness.core.errors import ConfigError, unknown
 from harness.core.paths import grids_dir
 from harness.core.schema import load_yaml
@@ -73,6 +74,21 @@ def load_grid(name_or_path: str) -> GridSpec:
     return load_yaml(GridSpec, path)
 
 
+def runs_in(method: str, benchmark: str) -> bool:
+    """Whether `method` declares the scenario of `benchmark` (Method.scenarios); says so on stderr when not."""
+    import sys
+
+    from harness.data.spec import load_spec
+    from harness.method.registry import get_method
+
+    cls, scenario = get_method(method), load_spec(benchmark).scenario
+    if scenario in cls.scenarios:
+        return True
+    print(f"note: {method} left out of {benchmark} ({scenario}): it runs in {', '.join(cls.scenarios)} only"
+          + (f" ({cls.scenario_note})" if cls.scenario_note else ""), file=sys.stderr)
+    return False
+
+
 def expand(grid: GridSpec) -> list[RunConfig]:
     """Every cell of the grid as a resolved RunConfig, in benchmark → method → setting → order seed → seed order."""
     methods = grid.method_list()
@@ -84,12 +100,24 @@ def expand(grid: GridSpec) -> list[RunConfig]:
     cells, seen = [], set()
     for bench in grid.benchmarks:
         for method in methods:
+            if grid.methods == "all" and not runs_in(method, bench):
+                continue  # `all` means every method that can run on the benchmark; a named method is refused by resolve
             for setting in sweep.settings(grid, method):
                 overrides = {**grid.overrides, **grid.method_overrides.get(method, {}), **setting, **tune}
                 for order_seed in grid.order_seeds:
+                    where = f"{grid.file} ({bench} × {method})"
+                    first: RunConfig | None = None
                     for seed in grid.seeds:
-                        cfg = resolve(bench, method, seed, order_seed, overrides, where=f"{grid.file} ({bench} × {method})")
-                        if cfg.run_id() not in seen:  # e.g. order seeds collapse on a natural-order benchmark
-                            seen.add(cfg.run_id())
+                        if first is None or "seed" in overrides:
+                            cfg = first = resolve(bench, method, seed, order_seed, overrides, where=where)
+                            first_dict = first.to_dict()
+                            rid = config_hash(first_dict)
+                        else:  # what resolve gives for another training seed, without re-resolving (large grids)
+                            check_seed(seed, f"{where}: seed")
+                            cfg = copy.deepcopy(first)
+                            cfg.seed = seed
+                            rid = config_hash({**first_dict, "seed": seed})  # = cfg.run_id(), without to_dict
+                        if rid not in seen:  # e.g. order seeds collapse on a natural-order benchmark
+                            seen.add(rid)
                             cells.append(cfg)
     return cells

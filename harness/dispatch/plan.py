@@ -40,14 +40,15 @@ def overrides_in_force(cell: RunConfig) -> dict[str, Any]:
     return out
 
 
-def cell_states(cells: list[RunConfig], root: Path | None = None) -> dict[str, str]:
-    """run_id → done | failed | to run, from the run directories (no queue is asked)."""
+def cell_states(cells: list[RunConfig], root: Path | None = None, run_ids: list[str] | None = None) -> dict[str, str]:
+    """run_id → done | failed | to run, from the run directories (no queue is asked). `run_ids`: the cells' run ids
+    where the caller has them (hashing a config is most of this loop's cost on a large grid)."""
     from harness.store import is_complete, run_dir
 
     out = {}
-    for c in cells:
-        d = run_dir(c, root)
-        out[c.run_id()] = "done" if is_complete(d) else ("failed" if (d / "error.json").exists() else "to run")
+    for c, rid in zip(cells, run_ids or [c.run_id() for c in cells]):
+        d = run_dir(c, root, rid)
+        out[rid] = "done" if is_complete(d) else ("failed" if (d / "error.json").exists() else "to run")
     return out
 
 
@@ -61,7 +62,9 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
 
     from harness.core.markdown import markdown_table
 
-    states = cell_states(cells, root)
+    rids = [c.run_id() for c in cells]
+    rid_of = {id(c): rid for c, rid in zip(cells, rids)}
+    states = cell_states(cells, root, rids)
     blocked = {c.run_id() for c in readiness.unready}
     rows, per_key = [], {}
     for c in cells:
@@ -72,11 +75,11 @@ def render(name: str, cells: list[RunConfig], readiness: Readiness, resolved=Non
     first = next(iter(overrides.values()), {})
     common = {k: first[k] for k, _ in sorted(common_keys)}
     for (bench, method), group in per_key.items():
-        st = [states[c.run_id()] for c in group]
+        st = [states[rid_of[id(c)]] for c in group]
         extra = {k: v for k, v in overrides[(bench, method)].items() if (k, repr(v)) not in common_keys}
         rows.append({
             "benchmark": bench, "method": method, "to run": st.count("to run"), "done": st.count("done"),
-            "failed": st.count("failed"), "inputs": "ready" if not blocked & {c.run_id() for c in group} else "MISSING",
+            "failed": st.count("failed"), "inputs": "ready" if not blocked & {rid_of[id(c)] for c in group} else "MISSING",
             "benchmark data": readiness.prepared.get(bench, "?"),
             "epochs": "/".join(sorted({f"{c.train.epochs}" + (f"×{c.train.epoch_repeats}" if c.train.epoch_repeats > 1 else "")
                                        for c in group})),

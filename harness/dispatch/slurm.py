@@ -1,18 +1,21 @@
-"""SLURM dispatch: a grid's unfinished cells as one submitit job array, a ledger of submissions, queue states.
+"""SLURM dispatch: a grid's unfinished cells as submitit job arrays that fit the cluster, a ledger of submissions.
 
-    profile (slurm/NAME.yaml) ──► SlurmExecutor ──► one array, one cell per element (CellsJob, Checkpointable)
+    profile (slurm/NAME.yaml) ──► SlurmExecutor ──► arrays of ≤ max_array_size elements, `pack` cells per element
+                                                    (CellsJob, Checkpointable), in waves under max_jobs_in_queue
     results/jobs/slurm/ledger.json   run_id → [{job_id, submitted, stdout, stderr, grid}], newest last
     results/jobs/slurm/<job id>/     submitit's pickles and the job's stdout/stderr logs
 
-Never running a cell twice takes two locks. Submissions hold `results/jobs/slurm/.ledger.lock` while they look at the
-queue and submit, so a second submission of the same grid sees the first one's jobs and skips their cells. A job
+Never running a cell twice takes two locks. Each submission wave holds `results/jobs/slurm/.ledger.lock` while it
+looks at the queue and submits, so a second (or rerun, or concurrent) submission of the same grid sees the first
+one's jobs and skips their cells: a submitter can be stopped and rerun at any time. A job
 takes the cell's own `.lock` (harness/train/run.py) while it runs, so a cell started twice anyway (e.g. by a local run)
 runs once; the other job reports it "busy" and ends normally.
 
 Preemption and time limits: SLURM sends USR2 `signal_delay_s` before the limit (or on preemption); submitit calls
 CellsJob.checkpoint() and requeues the job; the cell resumes from its last epoch checkpoint. A job that dies
-without a result (scancel, OOM, node failure) shows as failed in `clmerge status` — from squeue while SLURM still
-lists the job, from sacct after — never as an endless "running".
+without a result (scancel, OOM) shows as failed in `clmerge status` — from squeue while SLURM still
+lists the job, from sacct after — never as an endless "running". A node failure requeues the job (NODE_FAIL) and
+the cell resumes on another node.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from harness.core.errors import ConfigError
 from harness.core.paths import project_root, results_dir
 from harness.core.schema import load_yaml
 from harness.dispatch.executors import CellsJob
-from harness.dispatch.slurm_queue import _record, ledger_lock, slurm_dir
+from harness.dispatch.slurm_limits import Limits, cluster_limits, combine, jobs_in_queue, wave_sizes
+from harness.dispatch.slurm_queue import QueueError, _record, ledger_lock, slurm_dir
 from harness.dispatch.status import cell_statuses
 
 
@@ -49,16 +53,26 @@ class SlurmProfile:
     max_requeues: int = 5  # how many time-limit requeues a job may use (preemptions do not count)
     setup: list[str] = field(default_factory=list)  # shell lines run in the job before Python (modules, venv)
     extra_sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch flag, e.g. {exclude: "n[1-3]"}
+    # Limits below the cluster's own (read from scontrol/sacctmgr; harness/dispatch/slurm_limits.py); None: the cluster's
+    max_array_size: int | None = None  # elements per job array
+    max_jobs_in_queue: int | None = None  # this user's jobs + array elements pending or running at once
+    pack: int = 1  # cells run one after another in each array element (tiny cells: amortise job start-up)
+    submit_poll_s: float = 30.0  # with --wait: how often a submitter waiting for room in the queue looks again
     description: str = ""
     file: str = ""
 
     def validate(self, where: str) -> None:
-        for key in ("cpus", "time_min", "array_parallelism"):
+        for key in ("cpus", "time_min", "array_parallelism", "pack"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("gpus", "signal_delay_s", "max_requeues"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("max_array_size", "max_jobs_in_queue"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1 (or null: the cluster's limit), got {getattr(self, key)}")
+        if self.submit_poll_s <= 0:
+            raise ConfigError(f"{where}.submit_poll_s: must be > 0, got {self.submit_poll_s}")
         if self.mem_gb is not None and self.mem_gb <= 0:
             raise ConfigError(f"{where}.mem_gb: must be > 0, got {self.mem_gb}")
         if self.signal_delay_s >= self.time_min * 60:
@@ -111,9 +125,40 @@ def make_executor(profile: SlurmProfile, folder: Path):
 
 @dataclass
 class Submission:
-    submitted: list[RunConfig]  # in the array just submitted
+    submitted: list[RunConfig]  # in the arrays just submitted
     job_ids: dict[str, str]  # run_id → job id
     skipped: dict[str, str]  # run_id → why (finished, queued as job X, running elsewhere, not failed)
+    arrays: list[str] = field(default_factory=list)  # the job ids of the arrays submitted, in order
+    remaining: list[RunConfig] = field(default_factory=list)  # not submitted: no room in the queue (rerun later)
+
+
+def resolve_limits(profile: SlurmProfile, log: Callable[[str], None] = print) -> Limits:
+    """The cluster's array and queue limits, lowered by the profile's (an override above the cluster's: ConfigError)."""
+    try:
+        array, queue, sources = cluster_limits(profile.account, profile.qos, log)
+    except (QueueError, FileNotFoundError) as exc:
+        raise ConfigError(f"cannot read the cluster's limits (scontrol show config): {exc}; nothing was submitted") from exc
+    return combine(array, queue, sources, profile.max_array_size, profile.max_jobs_in_queue, profile.file or "profile")
+
+
+def pack_cells(cells: list[RunConfig], per_element: int) -> list[list[RunConfig]]:
+    """Cells in groups of at most `per_element`, consecutive in grid order (one array element runs one group)."""
+    return [cells[i : i + per_element] for i in range(0, len(cells), per_element)]
+
+
+def _cells_to_submit(statuses, retry_failed: bool, already: dict[str, str]) -> tuple[list[RunConfig], dict[str, str]]:
+    todo, skipped = [], {}
+    for st in statuses:
+        rid = st.cfg.run_id()
+        if rid in already:  # this submitter's own earlier wave
+            continue
+        if st.state == "failed" or (st.state == "todo" and not retry_failed):
+            todo.append(st.cfg)
+        elif st.state == "todo":
+            skipped[rid] = "not failed (never submitted)"
+        else:
+            skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
+    return todo, skipped
 
 
 def submit(
@@ -123,41 +168,92 @@ def submit(
     grid: str = "",
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
+    wait_for_room: bool = False,
+    limits: Limits | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    job: Callable[[list[dict], dict, str], list[dict]] | None = None,
 ) -> Submission:
-    """Submit the cells that are not finished and not already queued/running as ONE job array.
+    """Submit the cells that are not finished and not already queued/running, as job arrays that fit the cluster.
 
-    With `retry_failed`, only cells whose last job ended without a result (or whose run failed) are submitted."""
+    Each wave (under the ledger lock) looks at the cells and the queue again, then submits as many arrays of at most
+    `max_array_size` elements (`pack` cells each) as the free room under `max_jobs_in_queue` allows, recording each
+    array in the ledger as soon as sbatch accepts it. What does not fit waits for the next wave (`wait_for_room`)
+    or for the next run of the same command: the submitter can be stopped and rerun at any time, since cells
+    already queued are skipped. With `retry_failed`, only cells whose last job ended without a result (or whose
+    run failed) are submitted. `job`: the callable each element runs (default CellsJob(); tests give a cheaper one
+    with the same contract)."""
 
     root = Path(root or results_dir()).resolve()
-    with ledger_lock(root):
-        statuses = cell_statuses(cells, root)
-        todo, skipped = [], {}
-        for st in statuses:
-            rid = st.cfg.run_id()
-            if st.state == "failed" or (st.state == "todo" and not retry_failed):
-                todo.append(st.cfg)
-            elif st.state == "todo":
-                skipped[rid] = "not failed (never submitted)"
-            else:
-                skipped[rid] = st.state + (f" (job {st.job_id})" if st.job_id else "")
-        if not todo:
-            return Submission([], {}, skipped)
-        ex = make_executor(profile, slurm_dir(root) / "%j")
-        exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
-        n = len(todo)
-        jobs = ex.map_array(CellsJob(), [[c.to_dict()] for c in todo], [exec_cfg] * n, [str(root)] * n)
-        now = datetime.datetime.now().isoformat(timespec="seconds")
-        entries = {
-            c.run_id(): {"job_id": j.job_id, "submitted": now, "grid": grid, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr)}
-            for c, j in zip(todo, jobs)
-        }
-        _record(root, entries)
+    limits = limits or resolve_limits(profile, log)
+    out = Submission([], {}, {})
+    first_wave = True
+    while True:
+        with ledger_lock(root):
+            todo, skipped = _cells_to_submit(cell_statuses(cells, root), retry_failed, out.job_ids)
+            if first_wave:
+                out.skipped, first_wave = skipped, False
+            if not todo:
+                out.remaining = []
+                return out
+            try:
+                in_queue = jobs_in_queue() if limits.max_jobs_in_queue is not None else 0
+            except (QueueError, FileNotFoundError) as exc:
+                raise ConfigError(f"SLURM does not answer ({exc}); {len(out.submitted)} cells were submitted and recorded before, "
+                                  f"{len(todo)} not: rerun the same command when it answers (queued cells are skipped)") from exc
+            room = None if limits.max_jobs_in_queue is None else limits.max_jobs_in_queue - in_queue
+            elements = pack_cells(todo, profile.pack)
+            sizes = wave_sizes(len(elements), limits.array_cap(), room)
+            for size in sizes:
+                part, elements = elements[:size], elements[size:]
+                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob())
+            out.remaining = [c for e in elements for c in e]
+        if not out.remaining:
+            return out
+        why = f"the queue holds {in_queue} of at most {limits.max_jobs_in_queue} jobs ({limits.sources.get('max_jobs_in_queue', '')})"
+        if not wait_for_room:
+            log(f"{len(out.remaining)} cells not submitted yet: {why}. Rerun the same command later to submit them "
+                f"(cells already queued are skipped), or add --wait to keep submitting as room frees up")
+            return out
+        log(f"{len(out.remaining)} cells wait for room in the queue ({why}); looking again in {profile.submit_poll_s:g} s")
+        sleep(profile.submit_poll_s)
+
+
+def _submit_array(
+    elements: list[list[RunConfig]], profile: SlurmProfile, root: Path, grid: str, out: Submission, limits: Limits,
+    log: Callable[[str], None], job: Callable,
+) -> None:
+    """One sbatch: `elements` as one array (one job if a single element), recorded in the ledger at once."""
+    ex = make_executor(profile, slurm_dir(root) / "%j")
+    exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False))
+    n = len(elements)
+    n_cells = sum(len(e) for e in elements)
+    try:
+        jobs = ex.map_array(job, [[c.to_dict() for c in e] for e in elements], [exec_cfg] * n, [str(root)] * n)
+    except Exception as exc:  # sbatch refused (submitit raises its own error types with sbatch's stderr)
+        reason = " ".join(str(exc).split())[-600:]
+        raise ConfigError(
+            f"sbatch rejected an array of {n} elements ({n_cells} cells): {reason}. "
+            f"{len(out.submitted)} cells submitted before it are recorded in the ledger and stay queued, nothing was "
+            f"submitted twice; fix the cause (limits used: {limits.describe()}; lower max_array_size / "
+            f"max_jobs_in_queue in the profile if the cluster's are lower) and rerun the same command"
+        ) from exc
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    entries = {}
+    for element, job in zip(elements, jobs):
+        for c in element:
+            entries[c.run_id()] = {"job_id": job.job_id, "submitted": now, "grid": grid,
+                                   "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+    _record(root, entries)
     first = jobs[0].job_id.split("_")[0]
+    out.arrays.append(first)
+    for element in elements:
+        out.submitted.extend(element)
+    out.job_ids.update({rid: e["job_id"] for rid, e in entries.items()})
+    packed = f", {profile.pack} cells per element" if profile.pack > 1 else ""
     if n == 1:  # submitit submits a single job, not an array of one
-        log(f"submitted 1 cell as SLURM job {first}")
+        log(f"submitted {n_cells} cell{'s' if n_cells > 1 else ''} as SLURM job {first}")
     else:
-        log(f"submitted {n} cells as SLURM array job {first} (at most {profile.array_parallelism} at a time)")
-    return Submission(todo, {rid: e["job_id"] for rid, e in entries.items()}, skipped)
+        log(f"submitted {n_cells} cells as SLURM array job {first} ({n} elements{packed}; at most {profile.array_parallelism} at a time)")
 
 
 def wait(

@@ -42,6 +42,7 @@ def _record(root: Path, entries: dict[str, dict]) -> None:
 
 # ---- queue states ------------------------------------------------------------------------------------------------
 
+SACCT_CHUNK = 2000  # job ids per sacct call
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"}
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 
@@ -91,10 +92,13 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
             out[jid] = JobState(state, elapsed, "" if reason in ("None", "(null)") else reason)
     missing = sorted(ids - set(out))
     if missing:
-        try:
-            text = _slurm("sacct", "-X", "-n", "-P", "-j", ",".join(missing), "--format=JobID,State,Elapsed")
-        except (QueueError, FileNotFoundError):
-            text = ""  # no accounting: these jobs are not in the queue any more, so they ended
+        text = ""
+        # in chunks: one argument may not exceed 128 KiB (Linux MAX_ARG_STRLEN), ~12,000 array element ids
+        for i in range(0, len(missing), SACCT_CHUNK):
+            try:
+                text += _slurm("sacct", "-X", "-n", "-P", "-j", ",".join(missing[i : i + SACCT_CHUNK]), "--format=JobID,State,Elapsed")
+            except (QueueError, FileNotFoundError):
+                break  # no accounting: these jobs are not in the queue any more, so they ended
         for line in text.splitlines():
             jid, state, elapsed = (line.split("|") + ["", ""])[:3]
             if jid in ids and jid not in out:

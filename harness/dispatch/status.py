@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.core.io import file_lock, read_json
+from harness.core.io import file_lock
 from harness.core.paths import results_dir
 from harness.dispatch.slurm_queue import PENDING, QueueError, job_states, read_ledger
-from harness.store import is_complete, run_dir
+from harness.store import load_result, run_dir
 
 STATES = ("done", "running", "pending", "failed", "todo", "unknown")
 
@@ -32,6 +32,10 @@ class CellStatus:
     elapsed: str = ""
     detail: str = ""  # SLURM state, error message
     log_tail: list[str] = field(default_factory=list)
+    run_id: str = ""  # cfg.run_id(), computed once
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or self.cfg.run_id()
 
 
 def is_locked(d: Path) -> bool:
@@ -61,40 +65,45 @@ def _seconds(s: float) -> str:
 def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: int = 12) -> list[CellStatus]:
     root = Path(root or results_dir())
     ledger = read_ledger(root)
-    entries = {c.run_id(): ledger.get(c.run_id(), []) for c in cells}
-    ids = [e["job_id"] for es in entries.values() for e in es]
+    rids = [c.run_id() for c in cells]  # once per cell: hashing a config is most of status's own cost
+    dirs = [run_dir(c, root, rid) for c, rid in zip(cells, rids)]
+    entries = {rid: ledger.get(rid, []) for rid in rids}
+    results = {rid: r for c, rid in zip(cells, rids) if (r := load_result(c, root, rid)) is not None}  # parsed once
+    complete = set(results)
+    # SLURM is asked only about unfinished cells' jobs: a finished grid of 10,000 cells costs no squeue/sacct lines
+    ids = [e["job_id"] for rid, es in entries.items() if rid not in complete for e in es]
     try:
         states, queue_error = job_states(ids), ""
     except QueueError as exc:
         states, queue_error = {}, str(exc)
     out = []
-    for c in cells:
-        d, es = run_dir(c, root), entries[c.run_id()]
+    for c, rid, d in zip(cells, rids, dirs):
+        es = entries[rid]
         last = es[-1] if es else None
         jid = last["job_id"] if last else ""
-        if is_complete(d):
+        if rid in complete:
             try:
-                wall = read_json(d / "result.json")["timings"]["wall_seconds"]
-            except (KeyError, ValueError, OSError):
+                wall = results[rid]["timings"]["wall_seconds"]
+            except (KeyError, TypeError):
                 wall = 0.0
-            out.append(CellStatus(c, "done", jid, _seconds(wall)))
+            out.append(CellStatus(c, "done", jid, _seconds(wall), run_id=rid))
             continue
         active = [(e["job_id"], states[e["job_id"]]) for e in es if e["job_id"] in states and states[e["job_id"]].active]
         if active:
             j, st = active[-1]
             word = "pending" if st.state in PENDING else "running"
             detail = " ".join(x for x in (st.state if st.state not in ("RUNNING", "PENDING") else "", st.reason) if x)
-            out.append(CellStatus(c, word, j, st.elapsed, detail))
+            out.append(CellStatus(c, word, j, st.elapsed, detail, run_id=rid))
             continue
         if is_locked(d):
-            out.append(CellStatus(c, "running", jid, detail="cell locked by a running process"))
+            out.append(CellStatus(c, "running", jid, detail="cell locked by a running process", run_id=rid))
             continue
         if es and queue_error:
-            out.append(CellStatus(c, "unknown", jid, detail=queue_error))
+            out.append(CellStatus(c, "unknown", jid, detail=queue_error, run_id=rid))
             continue
         err = d / "error.json"
         if last is None and not err.exists():
-            out.append(CellStatus(c, "todo"))
+            out.append(CellStatus(c, "todo", run_id=rid))
             continue
         detail, trace = [], ""
         st = states.get(jid)
@@ -112,7 +121,7 @@ def cell_statuses(cells: list[RunConfig], root: Path | None = None, tail_lines: 
             lines = tail(last["stdout"], tail_lines)
         if not lines:  # a local run: its recorded traceback
             lines = trace.splitlines()[-tail_lines:]
-        out.append(CellStatus(c, "failed", jid, st.elapsed if st else "", "; ".join(detail), lines))
+        out.append(CellStatus(c, "failed", jid, st.elapsed if st else "", "; ".join(detail), lines, run_id=rid))
     return out
 
 
@@ -122,12 +131,12 @@ def format_statuses(statuses: list[CellStatus]) -> str:
     for s in statuses:
         c = s.cfg
         lines.append(
-            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {c.run_id()}"
+            f"{s.state:<8} {s.job_id or '-':<12} {s.elapsed or '-':>10}  {c.benchmark:<18} {c.method:<14} {c.seed:>4}  {s.run_id}"
             + (f"  {s.detail}" if s.detail and s.state != "failed" else "")
         )
     for s in statuses:
         if s.state == "failed":
-            lines += ["", f"failed: {s.cfg.benchmark} × {s.cfg.method} × seed {s.cfg.seed} (run {s.cfg.run_id()}, job {s.job_id or '-'}): {s.detail}"]
+            lines += ["", f"failed: {s.cfg.benchmark} × {s.cfg.method} × seed {s.cfg.seed} (run {s.run_id}, job {s.job_id or '-'}): {s.detail}"]
             lines += [f"    {line}" for line in s.log_tail]
     counts = {k: sum(s.state == k for s in statuses) for k in STATES}
     lines += ["", ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" — {len(statuses)} cells"]

@@ -73,6 +73,10 @@ class Method:
     # False: `state_dict()` changes only in begin_task/end_task, so epoch checkpoints leave it out (a resume replays
     # begin_task on the task checkpoint's state) — P&M's float64 sums are then written once per task, not per epoch
     state_changes_in_task: ClassVar[bool] = True
+    # the scenarios the method's formulation applies to (harness/data/spec.py SCENARIOS); a grid or run asking for
+    # another is refused with `scenario_note`, which says why
+    scenarios: ClassVar[tuple[str, ...]] = ("class-il", "domain-il")
+    scenario_note: ClassVar[str] = ""
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params = params

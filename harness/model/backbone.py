@@ -226,7 +226,12 @@ def create_vit(preset: BackbonePreset, weights: str | None) -> nn.Module:
 
 
 class TaskHeads(nn.Module):
-    """One linear head per task over that task's classes; evaluation concatenates all heads (no task id).
+    """The classifier heads over the backbone's features.
+
+    class-il (default): one linear head per task over that task's classes; evaluation concatenates all heads (no
+    task id); `add` freezes the earlier heads. domain-il (`make_shared`): one head over all classes, made by the first
+    `add` and returned by every later one, trained in every task. A fixed head (`fix`: a pre-training probe) is frozen,
+    returned by `add` and kept by `reset`, so no task ever changes it.
 
     A head is added after the model was moved to its device: it is drawn on the CPU (the seeded init gives the same
     numbers on every device) and then moved to the device of `_device_anchor`, an empty non-persistent buffer that
@@ -236,6 +241,8 @@ class TaskHeads(nn.Module):
         super().__init__()
         self.dim = dim
         self.heads = nn.ModuleList()
+        self.shared = False
+        self.fixed = False
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     @property
@@ -246,7 +253,28 @@ class TaskHeads(nn.Module):
     def num_classes(self) -> int:
         return sum(h.out_features for h in self.heads)
 
+    def make_shared(self) -> None:
+        """One head for every task (domain-il)."""
+        if len(self.heads):
+            raise RuntimeError("make_shared: heads were already added")
+        self.shared = True
+
+    @torch.no_grad()
+    def fix(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """The one shared head, set to (weight, bias) and frozen for the whole run."""
+        self.make_shared()
+        head = nn.Linear(self.dim, weight.shape[0], device=self.device, dtype=weight.dtype)
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+        self.heads.append(head.requires_grad_(False))
+        self.fixed = True
+
     def add(self, num_classes: int, seed: int) -> nn.Linear:
+        if self.shared and len(self.heads):
+            head = self.heads[0]
+            if head.out_features != num_classes:
+                raise RuntimeError(f"the shared head has {head.out_features} outputs, a task asked for {num_classes}")
+            return head
         for h in self.heads:
             h.requires_grad_(False)
         with seeded(seed):
@@ -256,7 +284,8 @@ class TaskHeads(nn.Module):
         return head
 
     def reset(self) -> None:
-        self.heads = nn.ModuleList()
+        if not self.fixed:  # a fixed head is part of the pre-trained model, not of what a run learns
+            self.heads = nn.ModuleList()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return torch.cat([h(feats) for h in self.heads], dim=-1)

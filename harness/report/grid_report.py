@@ -27,7 +27,7 @@ DEFINITION = (
     "A_t = accuracy over all seen test samples after task t (sample-weighted, as P&M/PILOT); A_last = A_T; "
     "A_avg = mean_t A_t; Forgetting (Chaudhry) = mean over old tasks of (best before the final task − final) accuracy, "
     "Forgetting (mammoth) = the same with the best over all rows, final included (mammoth/PILOT; never < 0); Task-aware = each sample "
-    "scored by its own task's head (diagnostic). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
+    "scored by its own task's head (diagnostic; – on domain-il benchmarks, whose one head scores every task). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
     "the LoRA over the first steps of tasks ≥ 1 (mean; small = training stalls after a merge; not in %)."
 )
 
@@ -38,8 +38,9 @@ def collect(cells: list[RunConfig], root: Path | None = None):
 
     rows = []
     for c in cells:
-        r = load_result(c, root)
-        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": c.run_id(), "done": r is not None}
+        rid = c.run_id()
+        r = load_result(c, root, rid)
+        row = {"benchmark": c.benchmark, "method": c.method, "seed": c.seed, "order_seed": c.order_seed, "run_id": rid, "done": r is not None}
         row["error"] = "" if r is not None else first_error_line(c, root)
         if r is not None:
             m = r["metrics"]

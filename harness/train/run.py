@@ -55,7 +55,6 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
 
     from harness.core.envinfo import environment
     from harness.data.validation import validation_result
-    from harness.math import metrics
     from harness.train.setup import build
     from harness.train.tracking import open_tracker
     from harness.train.trainer import run_tasks
@@ -82,6 +81,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
             s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
             state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
             n = [len(t.test_indices) for t in s.stream.tasks]
+            class_il = s.stream.scenario == "class-il"
             result = {
                 "status": "complete",
                 "run_id": cfg.run_id(),
@@ -93,13 +93,15 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 "stream": {**s.stream.record(), "order_seed": cfg.order_seed, "split_hash": s.data.split_hash},
                 "num_test": n,
                 "acc_matrix": state.acc,
-                "task_aware_matrix": state.task_aware,
-                "metrics": metrics.summarize(state.acc, n, state.task_aware),
+                "task_aware_matrix": state.task_aware if class_il else None,
+                "metrics": run_metrics(state, n, class_il),
                 "method_records": state.method_records,
                 "grad_norms": state.grad_norms,  # first steps of each task (harness/train/trainer.py GRAD_NORM_STEPS)
                 "timings": {"task_seconds": state.task_seconds, "wall_seconds": time.time() - start},
                 "env": environment(s.device),
             }
+            if s.head_record is not None:  # head: pretraining-probe
+                result["head"] = s.head_record
             if s.val_stream is not None:  # tune=true only: untuned results keep their exact content
                 result["validation"] = validation_result(s.val_record, state.val_acc)
             s.tracker.finish(result)
@@ -125,3 +127,15 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
 
 def clear(cfg: RunConfig, root: Path | None = None) -> None:
     shutil.rmtree(run_dir(cfg, root), ignore_errors=True)
+
+
+def run_metrics(state, n: list[int], class_il: bool) -> dict:
+    """harness/math/metrics.py's summary. domain-il: one head scores every task, so there is no task-aware accuracy
+    (it would equal the accuracy itself); `task_aware_a_last` is NaN there and reports show it as missing."""
+    import math
+
+    from harness.math import metrics
+
+    if class_il:
+        return metrics.summarize(state.acc, n, state.task_aware)
+    return {**metrics.summarize(state.acc, n), "task_aware_a_last": math.nan}

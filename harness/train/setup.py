@@ -17,7 +17,7 @@ from harness.data.protocol import run_spec
 from harness.data.source_data import SourceData
 from harness.data.sources import load_source
 from harness.data.spec import BenchmarkSpec
-from harness.data.stream import TaskStream, build_stream
+from harness.data.stream import TaskStream, stream_of
 from harness.data.validation import hold_out
 from harness.method.base import Method, MethodContext
 from harness.method.registry import get_method
@@ -78,17 +78,19 @@ class Setup:
     val_record: dict | None = None  # fraction, seed, sizes and hash of the validation split
     tracker: Tracker = NULL_TRACKER  # optional experiment logging (harness/train/tracking.py); never changes results
     prefetch: bool = False  # gather/augment the next batch on a background thread (harness/data/prefetch.py)
+    head_record: dict | None = None  # the frozen pre-training probe's fit (head: pretraining-probe), else None
 
 
 def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     spec = run_spec(cfg)
     data = load_source(spec)
-    stream = build_stream(spec, cfg.order_seed, data.train_labels, data.test_labels)
+    stream = stream_of(spec, cfg.order_seed, data)
     val_stream = val_record = None
     if cfg.tune:
         stream, val_stream, val_record = hold_out(stream, data.train_labels, cfg.seed, data.split_hash)
     device = pick_device(exec_cfg.device)
     model = CLModel(cfg.backbone).to(device)
+    head_record = arrange_heads(model, spec, cfg)
     method_cls = get_method(cfg.method)
     params = from_dict(method_cls.Params, dict(cfg.method_params), f"method_params of {cfg.method}")
     method = method_cls(params, MethodContext(config=cfg, stream=stream, device=device))
@@ -102,4 +104,21 @@ def build(cfg: RunConfig, exec_cfg: ExecConfig) -> Setup:
     if compiling.use_compile(exec_cfg.compile, device):
         model.compile_features(compiling.BACKEND)
     return Setup(cfg, spec, data, stream, device, model, method, train_bank, test_bank, val_stream, val_record,
-                 prefetch=prefetch)
+                 prefetch=prefetch, head_record=head_record)
+
+
+def arrange_heads(model: CLModel, spec: BenchmarkSpec, cfg: RunConfig) -> dict | None:
+    """The spec's head arrangement: per-task heads (class-il, the model's default), one shared head trained in every
+    task, or the frozen pre-training probe (harness/model/probe_head.py). Returns the probe's record, else None."""
+    kind = spec.head_kind()
+    if kind == "shared":
+        model.heads.make_shared()
+    elif kind == "pretraining-probe":
+        from harness.core.schema import to_dict
+        from harness.model.probe_head import install_probe_head
+
+        if spec.image.channels != 1:
+            raise ConfigError(f"{spec.file or spec.name}: head pretraining-probe is fitted on the embedded backbone's "
+                              f"pre-training digits (1 channel); this benchmark has {spec.image.channels} channels")
+        return install_probe_head(model, repr(to_dict(cfg.backbone)), spec.image.size, spec.num_classes)
+    return None
