@@ -106,7 +106,8 @@ def cmd_run(args) -> int:
 
         m = read_json(os.path.join(outcome.run_dir, "result.json"))["metrics"]
         ta = m.get("task_aware_a_last", math.nan)  # NaN in domain-il: one head, no task-aware accuracy
-        print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting {100 * m['forgetting']:.2f}  "
+        print(f"A_last {100 * m['a_last']:.2f}  A_avg {100 * m['a_avg']:.2f}  forgetting (Chaudhry) {100 * m['forgetting']:.2f}"
+              + (f" (mammoth) {100 * m['forgetting_mammoth']:.2f}" if "forgetting_mammoth" in m else "") + "  "
               + (f"task-aware A_last {100 * ta:.2f}" if ta == ta else "task-aware: none (domain-il)")
               + "  (accuracy after each task: "
               + ", ".join(f"{100 * a:.1f}" for a in m["acc_curve"]) + ")")

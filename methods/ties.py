@@ -7,14 +7,17 @@ Merging Models", NeurIPS 2023, arXiv 2306.01708. Defaults from the MagMax code's
 research/merging-methods.md §3): top-20%, λ = 0.55, tasks trained sequentially (start "sequential", τ_t cumulative)
 — tuned for full fine-tuning of CLIP, not LoRA, so hyper-parameters. Online: positive/negative sums and counts of the
 trimmed vectors give exactly the batch result (harness/math/merging.py `ties_accumulate`), so memory is constant.
+Kept entries per task: int(density·n) + 1 as the TIES and MagMax code count them (`count: ties-code`, default), or
+round(density·n) (`count: round`; harness/math/merging.py `ties_keep_count`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from harness.core.errors import ConfigError
-from harness.math.merging import ties_accumulate, ties_resolve, ties_trim
+from harness.math.merging import TRIM_COUNTS, ties_accumulate, ties_resolve, ties_trim
 from harness.method import register
 from methods._task_vectors import Start, TaskVectorMerge
 
@@ -24,10 +27,13 @@ class Params:
     density: float = 0.2  # fraction of entries kept per task vector (MagMax code: top-20%)
     lam: float = 0.55  # λ (MagMax code)
     start: Start = "sequential"  # MagMax's continual protocol
+    count: Literal["ties-code", "round"] = "ties-code"  # kept entries: int(density·n) + 1 (TIES/MagMax code) or round
 
     def validate(self, where: str) -> None:
         if not 0.0 < self.density <= 1.0:
             raise ConfigError(f"{where}.density: must be in (0, 1], got {self.density}")
+        if self.count not in TRIM_COUNTS:
+            raise ConfigError(f"{where}.count: must be one of {', '.join(TRIM_COUNTS)}, got {self.count!r}")
 
 
 @register
@@ -41,7 +47,7 @@ class Ties(TaskVectorMerge):
         self.acc = None
 
     def absorb(self, tau, task) -> None:
-        self.acc = ties_accumulate(self.acc, ties_trim(tau, self.params.density))
+        self.acc = ties_accumulate(self.acc, ties_trim(tau, self.params.density, self.params.count))
 
     def merged(self):
         return ties_resolve(self.acc, self.params.lam)

@@ -1,4 +1,5 @@
-"""The documentation's code still works: the method written in docs/adding-a-method.md registers and runs."""
+"""The documentation's code still works: the methods written in docs/adding-a-method.md register and run, and its
+formula-test template passes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def test_the_documented_method_registers_and_runs(results, monkeypatch):
-    (source,) = python_blocks(DOCS / "adding-a-method.md")
+    source = python_blocks(DOCS / "adding-a-method.md")[0]
+    registry.method_names()  # discover the real methods first, so the patched copy below holds them all
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the example does not outlive the test
     module = types.ModuleType("docs_example")
     monkeypatch.setitem(sys.modules, "docs_example", module)  # dataclasses look their module up there
@@ -37,3 +39,41 @@ def test_the_documented_method_registers_and_runs(results, monkeypatch):
     assert state.tasks_done == 1 and 0.0 <= state.acc[0][0] <= 1.0
     assert s.model.adapters() == []  # end_task folded the task's LoRA and dropped it
     assert any(not (w == merged_before[n]).all() for n, w in s.model.merged_weights().items())
+
+
+def _exec_block(index: int, monkeypatch) -> types.ModuleType:
+    source = python_blocks(DOCS / "adding-a-method.md")[index]
+    registry.method_names()  # discover first: discovery inside the patched copy would leave the real registry empty
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    module = types.ModuleType(f"docs_example_{index}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(source, "docs/adding-a-method.md", "exec"), module.__dict__)
+    return module
+
+
+def test_the_fisher_recipe_registers_runs_and_merges_by_the_accumulated_fisher(results, monkeypatch):
+    import pytest
+    import torch
+
+    from harness.core.errors import ConfigError
+
+    assert len(python_blocks(DOCS / "adding-a-method.md")) == 3
+    _exec_block(1, monkeypatch)
+    cls = registry.get_method("fisher-recipe")
+    assert cls.state_changes_in_task is False
+    with pytest.raises(ConfigError, match="floor"):
+        resolve("split-digits", "fisher-recipe", overrides={**FAST, "method.floor": -1.0})
+    quiet = ExecConfig(progress=False)
+    s = build(resolve("split-digits", "fisher-recipe", overrides=FAST), quiet)
+    state = run_tasks(s, quiet, stop_after=2)
+    assert state.tasks_done == 2 and s.model.adapters() == []
+    m = s.method
+    # the merged weights are W0 + the stored Fisher-weighted average, and the Fisher sum has two tasks' mass
+    for n, w in s.model.merged_weights().items():
+        torch.testing.assert_close(w, m.w0[n] + m.merged[n].to(w.dtype))
+    assert all(float(v.min()) >= 2e-6 for v in m.fisher_sum.values())
+
+
+def test_the_formula_test_template_passes(monkeypatch):
+    module = _exec_block(2, monkeypatch)
+    module.test_fisher_merge_hand_worked()

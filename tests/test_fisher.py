@@ -61,6 +61,21 @@ def test_batch_estimator_equals_brute_force_mean_of_squared_batch_gradients():
         assert float(fisher[n].sum()) > 0
 
 
+def test_batch_weighted_estimator_weighs_each_squared_batch_gradient_by_its_size():
+    """BECAME's code: F = Σ_b |b|·ḡ_b² / N over batches of sizes 4, 4, 2 (N = 10), brute force."""
+    model, data, loss_fn = fisher_setup()
+    batches = list(data.batches(4))
+    fisher = empirical_fisher(model, batches, loss_fn, "batch-weighted")
+    brute = {n: torch.zeros_like(f) for n, f in fisher.items()}
+    for x, y in batches:
+        for n, g in grads_wrt_effective_weights(model, loss_fn, x, y).items():
+            brute[n] += len(y) * g.square()
+    plain = empirical_fisher(model, batches, loss_fn, "batch")
+    for n in fisher:
+        torch.testing.assert_close(fisher[n], brute[n] / 10, rtol=1e-10, atol=1e-22)
+        assert not torch.allclose(fisher[n], plain[n])  # the 2-sample batch weighs 2/10, not 1/3
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
 def test_per_sample_estimator_equals_a_brute_force_loop_of_per_sample_backward_passes(batch_size, monkeypatch):
     model, data, loss_fn = fisher_setup()

@@ -134,17 +134,18 @@ def test_magmax_online_equals_batch_with_ties_to_the_later_task():
 
 
 def test_ties_hand_worked():
-    """Trim top-60% (k = 3 of 5 entries, over both matrices), elect sign by mass, disjoint mean, λ = 0.5."""
+    """Trim top-60% (k = round(0.6·5) = 3 of 5 entries, over both matrices; count "round"), elect sign by mass,
+    disjoint mean, λ = 0.5."""
     def tv(a: list[float], b: list[float]) -> M.Tensors:
         return {"a": torch.tensor(a, dtype=torch.float64), "b": torch.tensor(b, dtype=torch.float64)}
 
     tvs = [tv([3, -1], [0.5, 2, -4]), tv([-2, 1], [1.5, -3, 0.5]), tv([1, -2], [-0.5, 0.1, 5])]
-    trimmed = [M.ties_trim(t, 0.6) for t in tvs]
+    trimmed = [M.ties_trim(t, 0.6, "round") for t in tvs]
     assert trimmed[0]["a"].tolist() == [3, 0] and trimmed[0]["b"].tolist() == [0, 2, -4]
     assert trimmed[1]["a"].tolist() == [-2, 0] and trimmed[1]["b"].tolist() == [1.5, -3, 0]
     assert trimmed[2]["a"].tolist() == [1, -2] and trimmed[2]["b"].tolist() == [0, 0, 5]
     # masses [2, −2, 1.5, −1, 1] → signs [+, −, +, −, +]; agreeing means [(3+1)/2, −2, 1.5, −3, 5]
-    merged = M.ties_merge(tvs, density=0.6, lam=0.5)
+    merged = M.ties_merge(tvs, density=0.6, lam=0.5, count="round")
     assert merged["a"].tolist() == [1.0, -1.0] and merged["b"].tolist() == [0.75, -1.5, 2.5]
     acc = None
     for t in trimmed:
@@ -152,7 +153,7 @@ def test_ties_hand_worked():
     online = M.ties_resolve(acc, lam=0.5)
     assert online["a"].tolist() == [1.0, -1.0] and online["b"].tolist() == [0.75, -1.5, 2.5]
     # Tied magnitudes at the threshold are all kept.
-    assert M.ties_trim(tv([1, -1], [1, 0.5, 0]), 0.4)["a"].tolist() == [1, -1]
+    assert M.ties_trim(tv([1, -1], [1, 0.5, 0]), 0.4, "round")["a"].tolist() == [1, -1]
 
 
 def test_ties_online_equals_batch_on_random_vectors():

@@ -291,8 +291,29 @@ def test_became_stage_one_leaves_old_inputs_outputs_unchanged(kind, float64):
             assert ((b @ a) @ old[g]).norm() < 1e-10 * dw.norm()
 
 
-def test_became_merges_on_the_segment_with_the_fisher_lambda(float64):
-    model, method = micro_model(), make_method("became", epochs=2)
+def _became_fisher_brute(model, task, data, batch_size: int) -> dict[str, torch.Tensor]:
+    """The authors' Fisher, written out: Σ_b |b|·(∂CE(current head, own argmax)/∂W_eff)² / N, via the batch estimator
+    on one batch at a time (each batch's own squared mean gradient), so the weighting is done here."""
+    from harness.math.fisher import empirical_fisher
+
+    def loss_fn(x, y):
+        logits = model.heads.heads[-1](model.features(x)).float()
+        return torch.nn.functional.cross_entropy(logits, logits.argmax(1).detach())
+
+    total, n = None, 0
+    for x, y in data.batches(batch_size):
+        f = empirical_fisher(model, [(x, y)], loss_fn, "batch")
+        total = {k: v * len(y) for k, v in f.items()} if total is None else {k: total[k] + v * len(y) for k, v in f.items()}
+        n += len(y)
+    return {k: v / n for k, v in total.items()}
+
+
+@pytest.mark.parametrize("lam_rule,accumulate", [("code", "merged"), ("derived", "trained")])
+def test_became_merges_on_the_segment_with_the_fisher_lambda(float64, lam_rule, accumulate):
+    """Default ("code"): λ = ΔᵀF_tΔ / (ΔᵀF_oldΔ + ΔᵀF_tΔ) without the cross term, F_t the authors' Fisher at θ̂_t, and
+    the Fisher added to the accumulated one is a fresh pass at the merged point θ*_t. "derived"/"trained": our cross
+    term −gᵀF_oldΔ and F_t itself accumulated."""
+    model, method = micro_model(), make_method("became", epochs=2, lam_rule=lam_rule, accumulate=accumulate)
     t0 = make_task(0)
     data = FakeData(t0, seed=3)
     method.fisher = {n: torch.rand(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -313,18 +334,35 @@ def test_became_merges_on_the_segment_with_the_fisher_lambda(float64):
     d_hat, w0 = exact_delta(model, name), {n: w.clone() for n, w in model.merged_weights().items()}
     head_hat = {k: v.clone() for k, v in model.heads.heads[-1].state_dict().items()}
     f_old = dict(method.fisher)
-    f_new = method.task_fisher(model, t0, data)
+    f_new = _became_fisher_brute(model, t0, data, method.train_cfg.batch_size)
     delta = {n: d_hat[n] - d_gp[n] for n in d_hat}
-    lam = became_lambda(delta, f_old, f_new, gp_step=d_gp)  # θ*_{t−1} = w0, θ^GP = w0 + d_gp
-    assert 0.0 < lam < 1.0 and lam != became_lambda(delta, f_old, f_new)
+    with_cross = became_lambda(delta, f_old, f_new, gp_step=d_gp)  # θ*_{t−1} = w0, θ^GP = w0 + d_gp
+    without = quad(f_new, delta) / (quad(f_old, delta) + quad(f_new, delta))
+    assert 0.0 < with_cross < 1.0 and abs(with_cross - without) > 1e-3
+    lam = without if lam_rule == "code" else with_cross
     method.end_task(model, t0, data)
-    assert method.record["lambda"] == pytest.approx(lam, rel=1e-12)
+    assert method.record["lambda"] == pytest.approx(lam, rel=1e-9)
     for n, w in model.merged_weights().items():
         assert torch.allclose(w, w0[n] + d_gp[n] + lam * delta[n], atol=1e-12)
     for k, v in model.heads.heads[-1].state_dict().items():
         assert torch.allclose(v, head_gp[k] + lam * (head_hat[k] - head_gp[k]), atol=1e-12)
-    assert all(torch.allclose(method.fisher[n].double(), f_old[n] + f_new[n], atol=1e-6) for n in f_new)
+    added = _became_fisher_brute(model, t0, data, method.train_cfg.batch_size) if accumulate == "merged" else f_new
+    assert all(torch.allclose(method.fisher[n].double(), f_old[n] + added[n], rtol=1e-5, atol=1e-12) for n in f_new)
+    if accumulate == "merged":  # the merged point's Fisher differs from θ̂_t's
+        assert any(not torch.allclose(added[n], f_new[n], rtol=1e-3) for n in f_new)
     assert model.adapters() == [] and method.snapshot is None
+
+
+def test_became_lambda_hand_case_authors_formula_and_derived_option():
+    """The issue's hand case: Δ = (1, 1), F_old = (1, 0.2), F_new = (0.5, 0.5), g = (0.4, 0).
+    Authors: 1 / (1.2 + 1) = 0.4545…; derived: (1 − 0.4) / 2.2 = 0.2727…"""
+    d = {"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}
+    f_old = {"w": torch.tensor([1.0, 0.2], dtype=torch.float64)}
+    f_new = {"w": torch.tensor([0.5, 0.5], dtype=torch.float64)}
+    g = {"w": torch.tensor([0.4, 0.0], dtype=torch.float64)}
+    assert became_lambda(d, f_old, f_new) == pytest.approx(1 / 2.2, abs=1e-15)
+    assert became_lambda(d, f_old, f_new, gp_step=g) == pytest.approx(0.6 / 2.2, abs=1e-15)
+    assert round(became_lambda(d, f_old, f_new), 3) == 0.455 and round(became_lambda(d, f_old, f_new, gp_step=g), 3) == 0.273
 
 
 # ---- end to end ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from harness.config import RunConfig, TrainConfig
 from harness.core.seeding import generator
 from harness.data.stream import Task
+from harness.math import continual_merging as C
 from harness.math import merging as M
+from harness.math.dop import dop_merge_matrix
 from harness.math.fisher import empirical_fisher
 from harness.method.base import Method, MethodContext
 from harness.method.registry import get_method
@@ -232,13 +234,41 @@ def expected_merge(name: str, params, taus: list, seed: int = 0) -> dict:
         return M.ties_merge(taus, params.density, params.lam)
     if name == "magmax":
         return M.magmax(taus, params.lam)
+    if name == "dare-ties":  # batch form, written out: trim each τ̃_i, sign of the stacked sum (0 → majority), sum
+        out = {}
+        trimmed = [M.ties_trim(t, params.density) for t in taus]
+        signs = {n: torch.sign(torch.stack([t[n] for t in trimmed]).sum(0)) for n in taus[0]}
+        majority = torch.sign(sum(g.sum() for g in signs.values()))
+        for n, g in signs.items():
+            g = torch.where(g == 0, majority, g)
+            stack = torch.stack([t[n] for t in trimmed])
+            keep = torch.where(g > 0, stack > 0, stack < 0)
+            out[n] = params.lam * (stack * keep).sum(0)
+        return out
+    if name == "ties-pairwise":
+        merged = None
+        for t in taus:
+            merged = C.ties_pairwise_step(merged, t, params.density, params.lam)
+        return merged
+    if name == "opcm":
+        merged, lam, norm_sum = None, 1.0, 0.0
+        for i, t in enumerate(taus):
+            merged, lam, norm_sum, _ = C.opcm_step(merged, lam, norm_sum, i + 1, t, params.alpha)
+        return merged
+    if name == "dop":
+        merged = dict(taus[0])
+        for t in taus[1:]:
+            merged = {n: dop_merge_matrix(torch.zeros((), dtype=t[n].dtype), merged[n], t[n], steps=params.steps)[0]
+                      for n in t}
+        return merged
     raise KeyError(name)
 
 
 @pytest.mark.parametrize(
     "name,params",
     [("avg", {}), ("task-arith", {}), ("dare", {}), ("ties", {}), ("magmax", {}),
-     ("avg", {"start": "sequential"}), ("magmax", {"start": "pretrained"}), ("ties", {"start": "merged"})],
+     ("avg", {"start": "sequential"}), ("magmax", {"start": "pretrained"}), ("ties", {"start": "merged"}),
+     ("dare-ties", {}), ("ties-pairwise", {}), ("opcm", {}), ("dop", {"steps": 5}), ("opcm", {"start": "merged"})],
 )
 def test_task_vector_methods_start_and_merge_as_documented(name, params):
     model, method = make_model().double(), make_method(name, **params)
@@ -259,7 +289,7 @@ def test_task_vector_methods_start_and_merge_as_documented(name, params):
         adapter = method.adapter_name(task)
         randomize(model, adapter, 40 + i)
         delta = model.delta(adapter)
-        if name == "dare":  # DARE drops and rescales the task's own ΔW_t only, never the start's part
+        if name in ("dare", "dare-ties"):  # DARE drops and rescales the task's own ΔW_t only, never the start's part
             delta = M.dare(delta, method.params.p, generator(0, "dare", i))
         taus.append({n: start[n] + delta[n] for n in delta})
         method.end_task(model, task, None)

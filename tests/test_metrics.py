@@ -30,9 +30,27 @@ def test_a_last_and_a_avg():
 
 def test_forgetting_uses_best_ever_not_first():
     # task 0: best of R[0][0]=0.9, R[1][0]=0.6 → 0.9 − 0.5 = 0.4; task 1: 0.8 − 0.7 = 0.1 → mean 0.25
-    assert metrics.forgetting(R) == pytest.approx(0.25, abs=1e-12)
+    assert metrics.forgetting_chaudhry(R) == pytest.approx(0.25, abs=1e-12)
+    assert metrics.forgetting_mammoth(R) == pytest.approx(0.25, abs=1e-12)  # no task improves at the end
     R2 = [[0.5], [0.9, 0.8], [0.7, 0.8, 0.9]]  # task 0 improved after task 1: best-ever is 0.9
-    assert metrics.forgetting(R2) == pytest.approx(((0.9 - 0.7) + 0.0) / 2, abs=1e-12)
+    assert metrics.forgetting_chaudhry(R2) == pytest.approx(((0.9 - 0.7) + 0.0) / 2, abs=1e-12)
+
+
+# The hand case: task 0 is best after the final task (0.825 > 0.80), task 1 drops 0.90 → 0.625.
+R_FINAL_BEST = [[0.80], [0.70, 0.90], [0.825, 0.625, 0.95]]
+
+
+def test_forgetting_chaudhry_takes_the_best_before_the_final_task():
+    # task 0: max(0.80, 0.70) − 0.825 = −0.025; task 1: 0.90 − 0.625 = 0.275 → mean 0.125 (12.50 %)
+    assert metrics.forgetting_chaudhry(R_FINAL_BEST) == pytest.approx(0.125, abs=1e-12)
+
+
+def test_forgetting_mammoth_includes_the_final_row_so_no_term_is_negative():
+    # task 0: max(0.80, 0.70, 0.825) − 0.825 = 0; task 1: 0.275 → mean 0.1375 (13.75 %)
+    assert metrics.forgetting_mammoth(R_FINAL_BEST) == pytest.approx(0.1375, abs=1e-12)
+    s = metrics.summarize(R_FINAL_BEST, [10, 10, 10])
+    assert s["forgetting"] == pytest.approx(0.125, abs=1e-12)
+    assert s["forgetting_mammoth"] == pytest.approx(0.1375, abs=1e-12)
 
 
 def test_bwt():
@@ -41,7 +59,8 @@ def test_bwt():
 
 
 def test_single_task_has_no_forgetting_defined():
-    assert math.isnan(metrics.forgetting([[0.7]]))
+    assert math.isnan(metrics.forgetting_chaudhry([[0.7]]))
+    assert math.isnan(metrics.forgetting_mammoth([[0.7]]))
     assert math.isnan(metrics.bwt([[0.7]]))
 
 

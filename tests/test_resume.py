@@ -46,7 +46,7 @@ def _assert_same(result: dict, reference) -> None:
     assert result["method_records"] == reference.method_records  # e.g. P&M's α_t and its perturbation-draw counts
 
 
-@pytest.mark.parametrize("method", ["seq-lora", "joint", "pm"])
+@pytest.mark.parametrize("method", ["seq-lora", "joint", "pm", "fisher-merge"])
 def test_crash_mid_epoch_resumes_exactly(results, monkeypatch, method):
     """Killed in the 2nd epoch of task 1: the rerun resumes after epoch 1 of task 1 (model, optimiser, scheduler,
     batch order and the method's own generator — P&M's perturbation sampler — restored) and matches."""

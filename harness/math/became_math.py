@@ -1,21 +1,23 @@
 """BECAME's merge coefficient (Li, Lu, Dai, Huang, Ding, Lu, "BECAME: BayEsian Continual learning with Adaptive
-Model mErging", ICML 2025, arXiv 2504.02666, §4). The authors publish no code; the closed form below is derived from
-the paper's Laplace/MAP set-up (research/merging-methods.md §5) and is a reconstruction.
+Model mErging", ICML 2025, arXiv 2504.02666, §4).
 
-The log-posterior of task t, with the prior N(θ*_{t−1}, F_{1:t−1}⁻¹) of the old tasks and the Laplace term
-N(θ̂_t, F_t⁻¹) of the new one (diagonal Fishers), is, up to −½ and constants,
+Default — the authors' code (ankur-bohra/BECAME, a fork whose README calls it the official code,
+`NSCL-based/svd_agent/agent.py::merge_n_analysis`; the same formula in b027ffv/Original-BECAME-singlehead `fisher.py`;
+read, not copied): on the segment θ(λ) = θ^GP_t + λΔ, Δ = θ̂_t − θ^GP_t,
 
-    Q(θ) = (θ − θ*_{t−1})ᵀ F_{1:t−1} (θ − θ*_{t−1}) + (θ − θ̂_t)ᵀ F_t (θ − θ̂_t).
+    λ = ΔᵀF_tΔ / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ)        (no cross term; ∈ [0, 1] by construction),
 
-On the segment θ(λ) = θ^GP + λΔ, Δ = θ̂_t − θ^GP_t, with the gradient-projected step g = θ^GP_t − θ*_{t−1}:
+F_t the diagonal Fisher at θ̂_t and F_{1:t−1} the accumulated Fisher of the old tasks.
 
-    q(λ) = (g + λΔ)ᵀ F_{1:t−1} (g + λΔ) + (1 − λ)²·ΔᵀF_tΔ,
-    q'(λ) = 0  ⇔  λ* = (ΔᵀF_tΔ − gᵀF_{1:t−1}Δ) / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ),
+Option "derived" (ours, research/merging-methods.md §5, labelled as such): the minimiser of the Laplace objective
+with the prior N(θ*_{t−1}, F_{1:t−1}⁻¹) and the new-task term N(θ̂_t, F_t⁻¹),
 
-and the merge uses λ* clipped to [0, 1] (q is convex, so that is the minimiser on the segment). The cross term
-gᵀF_{1:t−1}Δ vanishes only if the projected step carries no old-task curvature against Δ — true for the exact
-Fisher when g lies in the old tasks' null space, not for the diagonal one (the step's entries still have old-task
-Fisher mass), so it is kept. Afterwards F_{1:t} = F_{1:t−1} + F_t.
+    Q(θ) = (θ − θ*_{t−1})ᵀ F_{1:t−1} (θ − θ*_{t−1}) + (θ − θ̂_t)ᵀ F_t (θ − θ̂_t),
+    q(λ) = (g + λΔ)ᵀ F_{1:t−1} (g + λΔ) + (1 − λ)²·ΔᵀF_tΔ,   g = θ^GP_t − θ*_{t−1},
+    λ* = (ΔᵀF_tΔ − gᵀF_{1:t−1}Δ) / (ΔᵀF_{1:t−1}Δ + ΔᵀF_tΔ),
+
+clipped to [0, 1] (q is convex). The authors' formula is this λ* with the cross term gᵀF_{1:t−1}Δ dropped (the
+authors' code computes λ without it; research/merging-methods.md §5).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def objective(lam: float, old: float, new: float, cross: float = 0.0, gg: float 
 def became_lambda(
     delta: Tensors, fisher_old: Tensors | None, fisher_new: Tensors, gp_step: Tensors | None = None
 ) -> float:
-    """λ* = clip((ΔᵀF_newΔ − gᵀF_oldΔ) / (ΔᵀF_oldΔ + ΔᵀF_newΔ), 0, 1), g = `gp_step` = θ^GP − θ*_{t−1} (None: 0);
-    1 without an old Fisher (first task) or when both quadratic terms vanish (Δ = 0: the merge is θ^GP whatever λ)."""
+    """λ = clip((ΔᵀF_newΔ − gᵀF_oldΔ) / (ΔᵀF_oldΔ + ΔᵀF_newΔ), 0, 1), g = `gp_step` = θ^GP − θ*_{t−1}; with
+    `gp_step` None (the authors' code) the cross term is absent: λ = ΔᵀF_newΔ / (ΔᵀF_oldΔ + ΔᵀF_newΔ). 1 without an
+    old Fisher (first task) or when both quadratic terms vanish (Δ = 0: the merge is θ^GP whatever λ)."""
     if fisher_old is None:
         return 1.0
     new, old = quad(fisher_new, delta), quad(fisher_old, delta)

@@ -10,6 +10,10 @@ Two estimators, the same for every task of a run:
       F = (1/N_b) Σ_b ḡ_b ⊙ ḡ_b,   ḡ_b = ∂ L_b / ∂W_eff,   L_b = mean loss of mini-batch b,
   squared gradients of the *mean* mini-batch loss averaged over the batches. It scales roughly like 1/batch size and
   a small last batch weighs as much as a full one, so α-type ratios built from it depend on the batch size.
+* "batch-weighted" (BECAME's code, ankur-bohra/BECAME `compute_fisher_matrix_diag`):
+      F = (1/N) Σ_b |b|·ḡ_b ⊙ ḡ_b,
+  the batch estimator with each batch weighted by its size (identical to "batch" × the batch size when all batches
+  are full).
 
 "Empirical": the loss uses the ground-truth labels (P&M: "diagonal empirical Fisher", research/pm-spec.md §2.2);
 callers may pass another loss (EWC uses the model's own argmax, as the MagMax code does). The pass runs in eval mode
@@ -41,8 +45,8 @@ if TYPE_CHECKING:
     from harness.model.backbone import CLModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Estimator = Literal["per-sample", "batch"]
-ESTIMATORS = ("per-sample", "batch")
+Estimator = Literal["per-sample", "batch", "batch-weighted"]
+ESTIMATORS = ("per-sample", "batch", "batch-weighted")
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient entries formed at once per layer (64 MiB in fp32)
 
 
@@ -74,6 +78,7 @@ def empirical_fisher(
     if estimator not in ESTIMATORS:
         raise ValueError(f"empirical_fisher: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     per_sample = estimator == "per-sample"
+    weighted = estimator == "batch-weighted"
     layers = model.lora_layers()
     fisher: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
@@ -87,6 +92,8 @@ def empirical_fisher(
                 sq = per_sample_square_sum(g, x, dt)
             else:
                 sq = (g.reshape(-1, g.shape[-1]).to(dt).T @ x.reshape(-1, x.shape[-1]).to(dt)).square()
+                if weighted:
+                    sq = sq * g.shape[0]
             fisher[name] = sq if name not in fisher else fisher[name] + sq
 
         return hook
@@ -102,7 +109,7 @@ def empirical_fisher(
     handles = [m.register_forward_hook(on_forward(n)) for n, m in layers.items()]
     was_training = model.training
     model.eval()
-    n_terms = 0  # samples (per-sample) or batches (batch)
+    n_terms = 0  # samples (per-sample, batch-weighted) or batches (batch)
     try:
         for x, y in batches:
             seen.clear()
@@ -116,7 +123,7 @@ def empirical_fisher(
                 torch.autograd.backward(loss, inputs=[x])
             if any(c != 1 for c in seen.values()) or len(seen) != len(layers):
                 raise RuntimeError("empirical_fisher: every adapted layer must run exactly once per forward")
-            n_terms += x.shape[0] if per_sample else 1
+            n_terms += x.shape[0] if per_sample or weighted else 1
     finally:
         for h in handles:
             h.remove()

@@ -12,7 +12,7 @@ F_t the diagonal empirical Fisher at θ*_t.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -172,22 +172,40 @@ def dare(tv: Tensors, p: float, generator: torch.Generator) -> Tensors:
     return {n: out[n] for n in tv}
 
 
-def ties_trim(tv: Tensors, density: float) -> Tensors:
-    """TIES step 1: keep the top `density` fraction of entries of τ by magnitude, over the whole task vector (all
-    matrices together), zero the rest. k = max(1, round(density·n)); entries tied with the k-th largest magnitude are
-    all kept. Yadav et al., "TIES-Merging", NeurIPS 2023, arXiv 2306.01708."""
+TrimCount = Literal["ties-code", "round"]
+TRIM_COUNTS = ("ties-code", "round")
+
+
+def ties_keep_count(n: int, density: float, count: TrimCount = "ties-code") -> int:
+    """Number of entries TIES keeps of an n-entry task vector.
+
+    "ties-code" (default): k = min(n, int(density·n) + 1) — the TIES code's `topk_values_mask` (threshold at the
+    (n − int(density·n))-th smallest |τ|, entries ≥ it kept), used unchanged by the MagMax code and FusionBench
+    (`ties_merging_utils.py`), so published TIES/MagMax numbers are comparable; int() truncates the float product
+    (0.2·250 → 50 → 51 kept). "round": k = max(1, round(density·n)), the paper's "top-k%" read literally [I]."""
+    if count == "ties-code":
+        return min(n, int(density * n) + 1)
+    if count == "round":
+        return max(1, round(density * n))
+    raise ValueError(f"ties_keep_count: count must be one of {', '.join(TRIM_COUNTS)}, got {count!r}")
+
+
+def ties_trim(tv: Tensors, density: float, count: TrimCount = "ties-code") -> Tensors:
+    """TIES step 1: keep the top entries of τ by magnitude, over the whole task vector (all matrices together), zero
+    the rest; k = `ties_keep_count(n, density, count)`; entries tied with the k-th largest magnitude are all kept.
+    Yadav et al., "TIES-Merging", NeurIPS 2023, arXiv 2306.01708."""
     flat = torch.cat([t.reshape(-1) for t in tv.values()]).abs()
-    k = max(1, round(density * flat.numel()))
+    k = ties_keep_count(flat.numel(), density, count)
     thr = torch.kthvalue(flat.cpu(), flat.numel() - k + 1).values.to(flat.device)
     return {n: torch.where(t.abs() >= thr, t, torch.zeros_like(t)) for n, t in tv.items()}
 
 
-def ties_merge(tvs: Sequence[Tensors], density: float, lam: float) -> Tensors:
+def ties_merge(tvs: Sequence[Tensors], density: float, lam: float, count: TrimCount = "ties-code") -> Tensors:
     """TIES-Merging (batch): trim each τ_i (top-k% by magnitude), elect the sign per entry by total mass
     γ = sgn(Σ_i τ̂_i), disjoint mean over the entries whose sign agrees with γ (zeros excluded), scale by λ.
     Entries with γ = 0 merge to 0 [I]. Yadav et al., NeurIPS 2023, arXiv 2306.01708; defaults top-20%, λ = 0.55 in the
     MagMax code (research/merging-methods.md §3)."""
-    trimmed = [ties_trim(tv, density) for tv in tvs]
+    trimmed = [ties_trim(tv, density, count) for tv in tvs]
     out = {}
     for n in _names(tvs):
         stack = torch.stack([tv[n] for tv in trimmed])
@@ -213,15 +231,32 @@ def ties_accumulate(acc: dict[str, Tensors] | None, trimmed: Tensors) -> dict[st
     return {k: {n: acc[k][n] + v for n, v in add[k].items()} for k in add}
 
 
-def ties_resolve(acc: dict[str, Tensors], lam: float) -> Tensors:
-    """λ × (disjoint mean of the elected sign) from `ties_accumulate` sums; γ = sgn(pos + neg), γ = 0 → 0."""
+def ties_resolve(
+    acc: dict[str, Tensors], lam: float, merge: Literal["mean", "sum"] = "mean", zero_sign: Literal["zero", "majority"] = "zero"
+) -> Tensors:
+    """λ × (disjoint aggregate of the elected sign) from `ties_accumulate` sums, γ = sgn(pos + neg) per entry.
+
+    merge "mean": the mean of the agreeing entries (the TIES paper; `ties_merge`); "sum": their sum (FusionBench's
+    default `merge_func: sum` for DARE-TIES and continual TIES). zero_sign "zero": γ = 0 merges to 0 [I]; "majority":
+    γ = 0 takes the majority sign sgn(Σ γ) over all entries of all matrices, and where that is 0 too the negative
+    entries are kept — the TIES code's `resolve_zero_signs` and `disjoint_merge` (`where(γ > 0, τ > 0, τ < 0)`)."""
+    signs = {n: torch.sign(acc["pos"][n] + acc["neg"][n]) for n in acc["pos"]}
+    if zero_sign == "majority":
+        majority = torch.sign(sum(g.sum() for g in signs.values()))
+        signs = {n: torch.where(g == 0, majority, g) for n, g in signs.items()}
+    elif zero_sign != "zero":
+        raise ValueError(f"ties_resolve: zero_sign must be 'zero' or 'majority', got {zero_sign!r}")
     out = {}
-    for n in acc["pos"]:
-        elected = torch.sign(acc["pos"][n] + acc["neg"][n])
-        mean_pos = acc["pos"][n] / acc["npos"][n].clamp(min=1)
-        mean_neg = acc["neg"][n] / acc["nneg"][n].clamp(min=1)
-        zero = torch.zeros_like(mean_pos)
-        out[n] = lam * torch.where(elected > 0, mean_pos, torch.where(elected < 0, mean_neg, zero))
+    for n, elected in signs.items():
+        pos, neg = acc["pos"][n], acc["neg"][n]
+        if merge == "mean":
+            pos, neg = pos / acc["npos"][n].clamp(min=1), neg / acc["nneg"][n].clamp(min=1)
+        elif merge != "sum":
+            raise ValueError(f"ties_resolve: merge must be 'mean' or 'sum', got {merge!r}")
+        if zero_sign == "majority":
+            out[n] = lam * torch.where(elected > 0, pos, neg)
+        else:
+            out[n] = lam * torch.where(elected > 0, pos, torch.where(elected < 0, neg, torch.zeros_like(pos)))
     return out
 
 

@@ -39,15 +39,27 @@ def a_avg(curve: Sequence[float]) -> float:
     return float(sum(curve) / len(curve))
 
 
-def forgetting(R: Matrix) -> float:
-    """F = (1/(T-1)) Σ_{j<T-1} [max_{j≤t≤T-2} R[t][j] − R[T-1][j]]: best-ever minus final, over old tasks.
-
-    (mammoth / Chaudhry et al. 2018). NaN for a single task.
-    """
+def forgetting_chaudhry(R: Matrix) -> float:
+    """F = (1/(T-1)) Σ_{j<T-1} [max_{j≤t≤T-2} R[t][j] − R[T-1][j]]: best accuracy *before* the final task minus the
+    final one, over old tasks (Chaudhry et al., "Riemannian Walk for Incremental Learning", ECCV 2018, eq. for f_j^k).
+    A task that improves at the end has negative forgetting. clmerge's `forgetting` (result.json, reports). NaN for
+    a single task."""
     T = len(R)
     if T < 2:
         return math.nan
     vals = [max(R[t][j] for t in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)]
+    return float(sum(vals) / len(vals))
+
+
+def forgetting_mammoth(R: Matrix) -> float:
+    """F = (1/(T-1)) Σ_{j<T-1} [max_{j≤t≤T-1} R[t][j] − R[T-1][j]]: as `forgetting_chaudhry` but the maximum includes
+    the final row, so each task's term is ≥ 0 — mammoth's `forgetting` (utils/metrics.py: the column-wise maximum
+    of the whole accuracy matrix minus its last row, over the first T−1 tasks) and LAMDA-PILOT's. `forgetting_mammoth`
+    in result.json. NaN for a single task."""
+    T = len(R)
+    if T < 2:
+        return math.nan
+    vals = [max(R[t][j] for t in range(j, T)) - R[T - 1][j] for j in range(T - 1)]
     return float(sum(vals) / len(vals))
 
 
@@ -60,7 +72,8 @@ def bwt(R: Matrix) -> float:
 
 
 def summarize(R: Matrix, n: Sequence[int], task_aware: Matrix | None = None) -> dict[str, float | list[float]]:
-    """All metrics of one run. `a_last`/`a_avg` use the sample-weighted curve; `*_task_mean` the mammoth one."""
+    """All metrics of one run. `a_last`/`a_avg` use the sample-weighted curve; `*_task_mean` the mammoth one;
+    `forgetting` is Chaudhry et al.'s (best before the final task), `forgetting_mammoth` mammoth's/PILOT's."""
     sw, tm = acc_sample_weighted(R, n), acc_task_mean(R)
     out: dict[str, float | list[float]] = {
         "acc_curve": sw,
@@ -69,7 +82,8 @@ def summarize(R: Matrix, n: Sequence[int], task_aware: Matrix | None = None) -> 
         "a_avg": a_avg(sw),
         "a_last_task_mean": a_last(tm),
         "a_avg_task_mean": a_avg(tm),
-        "forgetting": forgetting(R),
+        "forgetting": forgetting_chaudhry(R),
+        "forgetting_mammoth": forgetting_mammoth(R),
         "bwt": bwt(R),
     }
     if task_aware is not None:

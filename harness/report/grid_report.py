@@ -1,7 +1,8 @@
 """Aggregate finished runs into tables (Markdown + CSV) and plots.
 
 Metric shown: A_t is the sample-weighted accuracy over all seen test samples after task t (P&M/PILOT "Acc");
-A_last = A_{T-1}; A_avg = mean_t A_t; forgetting = mean over old tasks of best-ever minus final per-task accuracy;
+A_last = A_{T-1}; A_avg = mean_t A_t; forgetting (Chaudhry et al.) = mean over old tasks of the best accuracy before
+the final task minus the final one; forgetting (mammoth/PILOT) takes the best including the final row (never < 0);
 task-aware A_last scores each test sample with its own task's head only (a diagnostic). Values are mean ± sample
 standard deviation (ddof = 1) over seeds; n is the number of finished seeds.
 """
@@ -20,10 +21,12 @@ from harness.math.metrics import mean_std
 from harness.report.table_plots import plot
 from harness.store import load_result, result_stale_reason
 
-COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting"), ("task_aware_a_last", "Task-aware A_last")]
+COLUMNS = [("a_last", "A_last"), ("a_avg", "A_avg"), ("forgetting", "Forgetting (Chaudhry)"),
+           ("forgetting_mammoth", "Forgetting (mammoth)"), ("task_aware_a_last", "Task-aware A_last")]
 DEFINITION = (
     "A_t = accuracy over all seen test samples after task t (sample-weighted, as P&M/PILOT); A_last = A_T; "
-    "A_avg = mean_t A_t; Forgetting = mean over old tasks of (best-ever − final) accuracy; Task-aware = each sample "
+    "A_avg = mean_t A_t; Forgetting (Chaudhry) = mean over old tasks of (best before the final task − final) accuracy, "
+    "Forgetting (mammoth) = the same with the best over all rows, final included (mammoth/PILOT; never < 0); Task-aware = each sample "
     "scored by its own task's head (diagnostic; – on domain-il benchmarks, whose one head scores every task). Mean ± std (ddof=1) over n seeds, in %. ‖∇‖ start = gradient norm of "
     "the LoRA over the first steps of tasks ≥ 1 (mean; small = training stalls after a merge; not in %)."
 )
@@ -84,7 +87,8 @@ def aggregate(runs):
         notes = [x for x in done.get("reconstruction", []) if isinstance(x, str) and x]
         row["reconstruction"] = notes[0] if notes else ""
         for key, _ in COLUMNS:
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(done[key].astype(float).to_numpy() if len(done) else [])
+            vals = done[key].astype(float).to_numpy() if len(done) and key in done else []  # absent: older results
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(vals)
         gn = done["grad_norm_start"].astype(float).to_numpy() if "grad_norm_start" in done and len(done) else []
         row["grad_norm_start_mean"] = float(np.nanmean(gn)) if len(gn) and not np.isnan(gn).all() else math.nan
         out.append(row)

@@ -310,8 +310,8 @@ def _render_grid_markdown(resolved: ResolvedTable, lines: list[Line], env: dict[
            f"Cells of grids/{spec.grid}.yaml; no published numbers. {finished} of {len(resolved.cells())} cells finished.", "",
            markdown_table(_grid_frame(resolved, lines)[shown])]
     out += ["", "Mean ± std (ddof = 1) over the n finished seeds, in %. A_last: accuracy on all seen classes after the last "
-            "task (sample-weighted); A_avg: mean of that accuracy after each task; Forgetting: mean over old tasks of "
-            "best-ever minus final accuracy."]
+            "task (sample-weighted); A_avg: mean of that accuracy after each task; Forgetting: Chaudhry et al.'s, mean "
+            "over old tasks of the best accuracy before the final task minus the final one."]
     out += _not_counted_and_reconstructed(lines, status_cmd)
     out += ["", "**Environment** (from the finished runs' result.json)", ""] + [f"- {x}" for x in env_lines(env)]
     return "\n".join(out) + "\n"
