@@ -22,10 +22,20 @@ from typing import Literal
 
 import torch
 
+from harness.core.errors import ConfigError
+from harness.math.merging import TRIM_COUNTS
 from harness.method import Method
 
 Start = Literal["merged", "sequential", "pretrained"]
 Tensors = dict[str, torch.Tensor]
+
+
+def check_trim(where: str, density: float, count: str) -> None:
+    """The TIES trim's parameters (ties, dare-ties, ties-pairwise): density in (0, 1], a known kept-entry count."""
+    if not 0.0 < density <= 1.0:
+        raise ConfigError(f"{where}.density: must be in (0, 1], got {density}")
+    if count not in TRIM_COUNTS:
+        raise ConfigError(f"{where}.count: must be one of {', '.join(TRIM_COUNTS)}, got {count!r}")
 
 
 class TaskVectorMerge(Method):

@@ -21,9 +21,9 @@ from typing import Literal
 
 from harness.core.errors import ConfigError
 from harness.core.seeding import generator
-from harness.math.merging import TRIM_COUNTS, dare, ties_accumulate, ties_resolve, ties_trim
+from harness.math.merging import dare, ties_accumulate, ties_resolve, ties_trim
 from harness.method import register
-from methods._task_vectors import Start, TaskVectorMerge
+from methods._task_vectors import Start, TaskVectorMerge, check_trim
 
 
 @dataclass
@@ -38,10 +38,7 @@ class Params:
     def validate(self, where: str) -> None:
         if not 0.0 <= self.p < 1.0:
             raise ConfigError(f"{where}.p: must be in [0, 1), got {self.p}")
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f"{where}.density: must be in (0, 1], got {self.density}")
-        if self.count not in TRIM_COUNTS:
-            raise ConfigError(f"{where}.count: must be one of {', '.join(TRIM_COUNTS)}, got {self.count!r}")
+        check_trim(where, self.density, self.count)
 
 
 @register

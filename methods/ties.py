@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.core.errors import ConfigError
-from harness.math.merging import TRIM_COUNTS, ties_accumulate, ties_resolve, ties_trim
+from harness.math.merging import ties_accumulate, ties_resolve, ties_trim
 from harness.method import register
-from methods._task_vectors import Start, TaskVectorMerge
+from methods._task_vectors import Start, TaskVectorMerge, check_trim
 
 
 @dataclass
@@ -30,10 +29,7 @@ class Params:
     count: Literal["ties-code", "round"] = "ties-code"  # kept entries: int(density·n) + 1 (TIES/MagMax code) or round
 
     def validate(self, where: str) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f"{where}.density: must be in (0, 1], got {self.density}")
-        if self.count not in TRIM_COUNTS:
-            raise ConfigError(f"{where}.count: must be one of {', '.join(TRIM_COUNTS)}, got {self.count!r}")
+        check_trim(where, self.density, self.count)
 
 
 @register

@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.core.errors import ConfigError
 from harness.math.continual_merging import ties_pairwise_step
-from harness.math.merging import TRIM_COUNTS
 from harness.method import register
-from methods._task_vectors import Start, TaskVectorMerge
+from methods._task_vectors import Start, TaskVectorMerge, check_trim
 
 
 @dataclass
@@ -34,10 +32,7 @@ class Params:
     start: Start = "pretrained"  # independent fine-tuning from W0 (FusionBench's model pool)
 
     def validate(self, where: str) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f"{where}.density: must be in (0, 1], got {self.density}")
-        if self.count not in TRIM_COUNTS:
-            raise ConfigError(f"{where}.count: must be one of {', '.join(TRIM_COUNTS)}, got {self.count!r}")
+        check_trim(where, self.density, self.count)
 
 
 @register
