@@ -45,6 +45,7 @@ class Params:
 class DareTies(TaskVectorMerge):
     name = "dare-ties"
     description = "DARE-TIES: drop p of each task's own delta and rescale, then TIES (trim, sign election, disjoint sum) scaled by λ"
+    draws_random = True  # the DARE drop masks
     Params = Params
 
     def __init__(self, params, ctx):

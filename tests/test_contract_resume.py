@@ -44,7 +44,7 @@ def thin_stream(monkeypatch):
 
     import harness.train.setup as setup
 
-    real = setup.build_stream
+    real = setup.stream_of
 
     def thinned(*args, **kwargs):
         stream = real(*args, **kwargs)
@@ -52,7 +52,7 @@ def thin_stream(monkeypatch):
                       for t in stream.tasks)
         return dataclasses.replace(stream, tasks=tasks)
 
-    monkeypatch.setattr(setup, "build_stream", thinned)
+    monkeypatch.setattr(setup, "stream_of", thinned)
 INIT_PARTS = ("head", "lora")  # task_seed names of the initialisation, held fixed by the seed contract
 
 
