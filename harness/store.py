@@ -63,12 +63,7 @@ def result_stale_reason(result: dict | None) -> str:
 
 def stale_reason(path: Path) -> str:
     """Why the finished run in `path` is stale ('' when its recorded code is the current code, or it is not finished)."""
-    if not is_complete(path):
-        return ""
-    try:
-        return result_stale_reason(read_json(Path(path) / RESULT))
-    except (ValueError, OSError):
-        return ""
+    return result_stale_reason(read_complete(path))  # one parse (read_complete is None when not finished)
 
 
 def mismatch_of(r: dict, run_id: str, where: Path | str = RESULT) -> str:
