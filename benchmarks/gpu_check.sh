@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # One command measures a GPU: on a machine with one NVIDIA GPU and this checkout, from nothing, in about 8 minutes.
 #
-#   benchmarks/gpu_check.sh             # the GPU check (installs with ./install.sh unless .venv already works)
+#   benchmarks/gpu_check.sh             # the GPU check (see "The interpreter" below for what it installs)
 #   benchmarks/gpu_check.sh --cpu-dry   # the same stages on the CPU with tiny sizes: checks the script itself
 #
 # Stages, each bounded by the time left (GPU_CHECK_BUDGET seconds, default 470), each logged to $OUT/<stage>.log:
 #   install     ./install.sh, unless the interpreter (GPU_CHECK_PY, default .venv/bin/python) already imports clmerge
 #   preflight   torch, its CUDA build, the GPU and driver, one training step with a new head and LoRA on the device
 #               (benchmarks/gpu_preflight.py); a GPU that torch cannot use stops the check here
+#   tests       tests/test_gpu_path.py, tests/test_compile.py and tests/test_device_placement.py on the machine (the
+#               step-loop sync test runs on CUDA under torch.cuda.set_sync_debug_mode("error"); every method's whole
+#               lifecycle, kill and resume included, runs on CUDA)
 #   throughput  benchmarks/gpu_throughput.py at full size, compiled, every batch full (12,800 images: 1,280 in task 0):
 #               seq-lora and pm — img/s, MFU, peak memory, compile seconds, host syncs in the timed loop
 #   resume      benchmarks/gpu_resume_check.py: kill -9 mid-task, resume, equality with an uninterrupted run, host
 #               syncs and AdamW's step counters in every step loop
-#   tests       tests/test_gpu_path.py, tests/test_compile.py and tests/test_device_placement.py on the machine (the
-#               step-loop sync test runs on CUDA under torch.cuda.set_sync_debug_mode("error"))
 #   fused       (time left) seq-lora compiled with the fused q|k|v + LoRA-down path (--fused-qkv), to compare
 #   eager       (time left) the eager step loop of seq-lora, for the compile speed-up
 # A compact summary ends the output and is in $OUT/summary.txt (OUT: default ./gpu-check-out).
@@ -44,14 +45,28 @@ stage() {
 say "== clmerge GPU check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( ((DRY)) && echo " (CPU dry run)") budget ${BUDGET}s"
 say "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)"
 
+# The interpreter, first that works: GPU_CHECK_PY; .venv/bin/python; the machine's python3 when it already has a CUDA
+# torch, timm and peft (a GPU node's own torch, as install.sh advises on clusters), plus any wheels carried in .whl/ for
+# what it lacks (an offline machine: `pip download --no-deps -d .whl submitit datasets ...` where PyPI is reachable);
+# last, ./install.sh.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+works() { "$1" -c "import torch, timm, peft, submitit, datasets, harness.cli" > /dev/null 2>&1; }
 PY=${GPU_CHECK_PY:-.venv/bin/python}
-if ! "$PY" -c "import torch, timm, peft, harness" > /dev/null 2>&1; then
+if ! works "$PY" && [[ -z "${GPU_CHECK_PY:-}" ]] && python3 -c "import torch, timm, peft" > /dev/null 2>&1; then
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .whl/*.whl \
+      > "$OUTDIR/wheels.log" 2>&1 && export PYTHONPATH="$PYTHONPATH:$WORK/site"
+  fi
+  works python3 && PY=python3
+fi
+if ! works "$PY"; then
   stage install 300 ./install.sh
-  if ! "$PY" -c "import torch, timm, peft, harness" > /dev/null 2>&1; then
+  PY=.venv/bin/python
+  if ! works "$PY"; then
     tail -5 "$OUTDIR/install.log" | tee -a "$SUM"; say "ABORT: no working environment ($PY)"; exit 1
   fi
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+say "python: $PY ($("$PY" -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__)" 2>&1))"
 
 if ((DRY)); then
   DEVICE=cpu
@@ -69,18 +84,21 @@ if ! grep -q "PREFLIGHT OK" "$OUTDIR/preflight.log"; then
   tail -3 "$OUTDIR/preflight.log" | tee -a "$SUM"; say "ABORT: pre-flight failed (see preflight.log)"; exit 1
 fi
 
-stage throughput 230 "$PY" benchmarks/gpu_throughput.py "${BENCH[@]}"
-grep -E '^device|^\| |^P&M|Error' "$OUTDIR/throughput.log" | tee -a "$SUM"
-
-stage resume 150 "$PY" benchmarks/gpu_resume_check.py "$WORK/resume" "${RESUME[@]}"
-grep -E '^RESUME|Error' "$OUTDIR/resume.log" | tail -3 | tee -a "$SUM"
-
 if ((DRY)); then
   say "[tests] skipped in the dry run (the suite runs them on the CPU)"
 else
-  stage tests 200 "$PY" -m pytest -q -p no:cacheprovider --tb=line -rfE tests/test_gpu_path.py tests/test_compile.py \
+  stage tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=line -rfE tests/test_gpu_path.py tests/test_compile.py \
     tests/test_device_placement.py
   grep -E "passed|failed|^FAILED|^ERROR" "$OUTDIR/tests.log" | cut -c1-220 | tail -12 | tee -a "$SUM"
+fi
+
+stage throughput 230 "$PY" benchmarks/gpu_throughput.py "${BENCH[@]}"
+grep -E '^device|^\| |^P&M|Error' "$OUTDIR/throughput.log" | tee -a "$SUM"
+
+stage resume 120 "$PY" benchmarks/gpu_resume_check.py "$WORK/resume" "${RESUME[@]}"
+grep -E '^RESUME|Error' "$OUTDIR/resume.log" | tail -3 | tee -a "$SUM"
+
+if ! ((DRY)); then
   stage fused 90 "$PY" benchmarks/gpu_throughput.py --fused-qkv --methods seq-lora --images 12800 --steps 25 --warmup 6 --repeats 1
   grep -E '^\| seq' "$OUTDIR/fused.log" | sed 's/^/fused q|k|v: /' | tee -a "$SUM"
   stage eager 90 "$PY" benchmarks/gpu_throughput.py --compile off --methods seq-lora --images 12800 --steps 10 --warmup 2 --repeats 1

@@ -85,37 +85,66 @@ def _one_thread(one_thread):
 CASES = [(m, {}) for m in method_names()] + [("trm", {"method.augment": "both"})]  # + TRM's random directions
 
 
-@pytest.mark.parametrize("method, params", CASES, ids=[m + "".join(f"-{v}" for v in p.values()) for m, p in CASES])
-def test_every_method_runs_its_whole_lifecycle_on_a_device(results, monkeypatch, method, params, tmp_path):
-    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**OVERRIDES, **params})
-    reference = trainer.run_tasks(_small_setup(cfg, ON_CPU), ON_CPU, stop_after=2)
-
-    step_devices: list[str] = []  # where AdamW's step counters live at the start of each epoch of the resumed run
+def _killed_then_resumed(cfg, exec_cfg, monkeypatch, checkpoint):
+    """Run `cfg` on exec_cfg's device until a simulated kill in epoch 2 of task 1 (task and epoch checkpoints on
+    disk), then resume in a fresh Setup (as a restarted process) through task 2. Returns (final state, resumed Setup,
+    the devices of AdamW's step counters at the start of each epoch of the resumed run)."""
+    step_devices: list[str] = []
     original = trainer.run_epoch
 
     def watched(s, task, opt, batches, watch, heads):
         step_devices.extend(str(st["step"].device) for st in opt.state.values() if "step" in st)
         original(s, task, opt, batches, watch, heads)
 
-    checkpoint = tmp_path / "checkpoint.pt"
+    s = _small_setup(cfg, exec_cfg)
+    assert s.device == torch.device(exec_cfg.device)
+    method_cls = type(s.method)
+    training_loss = method_cls.training_loss
+    crash_in_task_1(monkeypatch, method_cls, cfg, epochs_done=1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run_tasks(s, exec_cfg, checkpoint=checkpoint)
+    monkeypatch.setattr(method_cls, "training_loss", training_loss)
+    monkeypatch.setattr(trainer, "run_epoch", watched)
+    resumed = _small_setup(cfg, exec_cfg)
+    state = trainer.run_tasks(resumed, exec_cfg, checkpoint=checkpoint, stop_after=2)
+    monkeypatch.setattr(trainer, "run_epoch", original)
+    return state, resumed, step_devices
+
+
+def _numbers(state) -> list:
+    return [state.acc, state.task_aware, state.grad_norms, _untimed(state.method_records)]
+
+
+@pytest.mark.parametrize("method, params", CASES, ids=[m + "".join(f"-{v}" for v in p.values()) for m, p in CASES])
+def test_every_method_runs_its_whole_lifecycle_on_a_device(results, monkeypatch, method, params, tmp_path):
+    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**OVERRIDES, **params})
+    reference = trainer.run_tasks(_small_setup(cfg, ON_CPU), ON_CPU, stop_after=2)
     with StandInDevice():
-        s = _small_setup(cfg, ON_STANDIN)
-        assert s.device == STANDIN and all(isinstance(p, StandInTensor) for p in s.model.parameters())
-        method_cls = type(s.method)
-        training_loss = method_cls.training_loss
-        crash_in_task_1(monkeypatch, method_cls, cfg, epochs_done=1)
-        with pytest.raises(KeyboardInterrupt):  # killed in epoch 2 of task 1: task and epoch checkpoints on disk
-            trainer.run_tasks(s, ON_STANDIN, checkpoint=checkpoint)
-        monkeypatch.setattr(method_cls, "training_loss", training_loss)
-        monkeypatch.setattr(trainer, "run_epoch", watched)
-        resumed = _small_setup(cfg, ON_STANDIN)  # a fresh Setup: as a restarted process
-        state = trainer.run_tasks(resumed, ON_STANDIN, checkpoint=checkpoint, stop_after=2)
+        state, resumed, step_devices = _killed_then_resumed(cfg, ON_STANDIN, monkeypatch, tmp_path / "checkpoint.pt")
+        assert all(isinstance(p, StandInTensor) for p in resumed.model.parameters())
     assert step_devices and set(step_devices) == {"cpu"}, f"{method}: AdamW step counters resumed on {set(step_devices)}"
     assert all(p.device == STANDIN for p in resumed.model.parameters())
     if method in DRAWS_ON_THE_DEVICE:
         return
     # the stand-in runs the CPU's kernels, but composite ops that branch on the device type may decompose
     # differently (measured: 1-ulp differences in some gradients), so the numbers agree closely, not bit for bit
-    for got, want in [(state.acc, reference.acc), (state.task_aware, reference.task_aware),
-                      (state.grad_norms, reference.grad_norms), (_untimed(state.method_records), _untimed(reference.method_records))]:
+    for got, want in zip(_numbers(state), _numbers(reference)):
         assert _close(got, want), f"{method}: the stand-in run's numbers differ from the CPU run's: {got} vs {want}"
+
+
+ON_CUDA = dataclasses.replace(ON_STANDIN, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it on one)")
+@pytest.mark.parametrize("method, params", CASES, ids=[m + "".join(f"-{v}" for v in p.values()) for m, p in CASES])
+def test_every_method_runs_its_whole_lifecycle_on_cuda(results, monkeypatch, method, params, tmp_path):
+    """The stand-in test's lifecycle on a real GPU: every method trains, merges, evaluates, is killed mid-task 1 and
+    resumes on CUDA, with AdamW's step counters on the CPU, and the resumed run gives the uninterrupted CUDA run's
+    numbers (to float rounding: cuBLAS may pick other kernels in a fresh Setup)."""
+    cfg = resolve("split-digits-2x5", method, seed=0, overrides={**OVERRIDES, **params})
+    uninterrupted = trainer.run_tasks(_small_setup(cfg, ON_CUDA), ON_CUDA, stop_after=2)
+    state, resumed, step_devices = _killed_then_resumed(cfg, ON_CUDA, monkeypatch, tmp_path / "checkpoint.pt")
+    assert step_devices and set(step_devices) == {"cpu"}, f"{method}: AdamW step counters resumed on {set(step_devices)}"
+    assert all(p.device.type == "cuda" for p in resumed.model.parameters())
+    for got, want in zip(_numbers(state), _numbers(uninterrupted)):
+        assert _close(got, want), f"{method}: the resumed CUDA run's numbers differ from the uninterrupted one's: {got} vs {want}"
