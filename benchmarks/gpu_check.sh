@@ -13,8 +13,8 @@
 #               lifecycle, kill and resume included, runs on CUDA)
 #   throughput  benchmarks/gpu_throughput.py at full size, compiled, every batch full (12,800 images: 1,280 in task 0):
 #               seq-lora and pm — img/s, MFU, peak memory, compile seconds, host syncs in the timed loop
-#   resume      benchmarks/gpu_resume_check.py: kill -9 mid-task, resume, equality with an uninterrupted run, host
-#               syncs and AdamW's step counters in every step loop
+#   resume      benchmarks/gpu_resume_check.py: kill -9 mid-task, resume, equality with an uninterrupted run (and a
+#               second one), with deterministic kernels; host syncs and AdamW's step counters in every step loop
 #   fused       (time left) seq-lora compiled with the fused q|k|v + LoRA-down path (--fused-qkv), to compare
 #   eager       (time left) the eager step loop of seq-lora, for the compile speed-up
 # A compact summary ends the output and is in $OUT/summary.txt (OUT: default ./gpu-check-out).
@@ -75,7 +75,7 @@ if ((DRY)); then
 else
   DEVICE=auto
   BENCH=(--images 12800 --steps 25 --warmup 6 --repeats 1)
-  RESUME=(--device auto --method pm)
+  RESUME=(--device auto --method pm --deterministic on --twice)
 fi
 
 stage preflight 90 "$PY" benchmarks/gpu_preflight.py --device "$DEVICE"

@@ -15,6 +15,9 @@ from harness.core.errors import ConfigError, unknown
 def _add_exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    p.add_argument("--deterministic", default=os.environ.get("CLMERGE_DETERMINISTIC", "off"), choices=["off", "on"],
+                   help="deterministic CUDA kernels: a resumed GPU run equals an uninterrupted one bit for bit, "
+                        "slower (default: off, or CLMERGE_DETERMINISTIC; CPU runs are deterministic either way)")
     _add_log(p)
 
 
@@ -97,6 +100,7 @@ def cmd_run(args) -> int:
         print(preflight.message(readiness, f"{cfg.benchmark} × {cfg.method}", skip_hint=False), file=sys.stderr)
         return 2
     outcome = execute(cfg, ExecConfig(device=args.device, threads=args.threads, log=args.log,
+                                      deterministic=args.deterministic,
                                       rerun_stale=args.rerun_stale), force=args.force)
     print(f"{outcome.status}: {outcome.run_dir}" + (f" ({outcome.message})" if outcome.message else ""))
     if args.log and outcome.status == "skipped":

@@ -68,6 +68,9 @@ class ExecConfig:
     background_checkpoints: bool = True
     # torch.compile of the training forward (harness/train/compile.py): auto (on for CUDA) | on | off; CLMERGE_COMPILE
     compile: str = field(default_factory=lambda: os.environ.get("CLMERGE_COMPILE", "auto"))
+    # deterministic CUDA kernels (harness/core/determinism.py): off | on; CLMERGE_DETERMINISTIC sets the default. On
+    # CUDA a resumed run equals an uninterrupted one bit for bit only with `on` (slower); CPU runs are deterministic
+    deterministic: str = field(default_factory=lambda: os.environ.get("CLMERGE_DETERMINISTIC", "off"))
     # rerun a finished cell whose recorded code differs from the current code (harness/method/code_identity.py);
     # off: such a cell is kept and reported stale
     rerun_stale: bool = False

@@ -13,7 +13,7 @@ from harness.core.errors import ConfigError
 from harness.model.backbone import BackboneConfig, CLModel
 from harness.resolve import resolve
 from harness.train import compile as compiling
-from harness.train.setup import build
+from harness.train.setup import build, pick_device
 from harness.train.trainer import run_tasks
 from tests.conftest import FAST
 
@@ -95,8 +95,11 @@ def test_fused_qkv_path_compiles_once_and_matches_the_plain_path(monkeypatch, on
     assert graphs == [1] * TASKS, f"graphs compiled by the end of each task: {graphs}"
     for a, b in zip(plain.acc, fused.acc, strict=True):
         assert a == pytest.approx(b, abs=1 / 60 + 1e-9)
+    # fp32 on the CPU: float rounding. Under CUDA's bf16 autocast the fused matmul rounds its q|k|v and LoRA-down
+    # products once instead of separately: up to 0.95% apart on an H200 (GPU check, docs/performance.md)
+    rel = 1e-4 if pick_device("auto").type == "cpu" else 2e-2
     for a, b in zip(plain.grad_norms, fused.grad_norms, strict=True):
-        assert a["all"] == pytest.approx(b["all"], rel=1e-4)
+        assert a["all"] == pytest.approx(b["all"], rel=rel)
 
 
 def _micro(**kw) -> CLModel:

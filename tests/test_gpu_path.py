@@ -467,7 +467,8 @@ def test_cached_eval_view_gives_bit_identical_batches_and_accuracies(results, mo
     run_tasks(s, QUIET)
     u8 = (s.data.test_images.numpy() if isinstance(s.data.test_images, torch.Tensor) else np.asarray(s.data.test_images))
     host_labels = s.test_bank._labels_host.numpy()
-    banks = [ImageBank(u8, host_labels, s.spec.image, cpu, s.spec.test_transform, cache_eval_view=c) for c in (False, True)]
+    banks = [ImageBank(u8, host_labels, s.spec.image, s.device, s.spec.test_transform, cache_eval_view=c)
+             for c in (False, True)]  # on the model's device (CUDA where the GPU check runs this)
     assert banks[0]._pre is None and banks[1]._viewed is not None
     last = len(s.stream.tasks) - 1
     reference = evaluate(s.model, s.test_bank, s.stream, last, 64)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import ExecConfig, RunConfig
+from harness.core import determinism
+from harness.core.determinism import deterministic_kernels
 from harness.core.io import atomic_write_json, file_lock
 from harness.core.paths import results_dir
 from harness.store import INTERRUPTED, RESULT, is_complete, is_finished, result_mismatch, run_dir, stale_reason
@@ -73,6 +75,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
 
     from harness.method.code_identity import code_identity
 
+    determinism.check(exec_cfg.deterministic)  # a bad value fails here, before the cell's directory is touched
     d = run_dir(cfg, root)
     if not force and (kept := _finished(d, cfg.run_id(), exec_cfg)) is not None:
         return kept
@@ -97,9 +100,10 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
         tracker = NULL_TRACKER
         try:
             code = code_identity(cfg.method)  # before training: the code the run starts with
-            s = build(cfg, exec_cfg)
-            tracker = s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
-            state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
+            with deterministic_kernels(exec_cfg.deterministic):
+                s = build(cfg, exec_cfg)
+                tracker = s.tracker = open_tracker(exec_cfg.log, cfg, Path(root or results_dir()))
+                state = run_tasks(s, exec_cfg, checkpoint=d / "checkpoint.pt", log=lambda m: log_event(d, m))
             n = [len(t.test_indices) for t in s.stream.tasks]
             class_il = s.stream.scenario == "class-il"
             result = {
