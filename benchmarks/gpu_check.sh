@@ -87,7 +87,7 @@ fi
 if ((DRY)); then
   say "[tests] skipped in the dry run (the suite runs them on the CPU)"
 else
-  stage tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=line -rfE tests/test_gpu_path.py tests/test_compile.py \
+  stage tests 170 "$PY" -m pytest -p no:cacheprovider --tb=line -rfE tests/test_gpu_path.py tests/test_compile.py \
     tests/test_device_placement.py
   grep -E "passed|failed|^FAILED|^ERROR" "$OUTDIR/tests.log" | cut -c1-220 | tail -12 | tee -a "$SUM"
 fi
