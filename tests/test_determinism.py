@@ -58,6 +58,7 @@ def test_a_run_trains_under_deterministic_kernels_with_the_same_cpu_numbers(resu
 
     a, b = json.loads(read(on)), json.loads(read(off))
     assert a["acc_matrix"] == b["acc_matrix"] and a["grad_norms"] == b["grad_norms"]
+    assert (a["env"]["deterministic_kernels"], b["env"]["deterministic_kernels"]) == ("on", "off")  # recorded
 
 
 def test_a_bad_value_is_an_error_before_the_cell_is_touched(results):

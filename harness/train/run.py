@@ -122,7 +122,7 @@ def execute(cfg: RunConfig, exec_cfg: ExecConfig, root: Path | None = None, forc
                 "method_records": state.method_records,
                 "grad_norms": state.grad_norms,  # first steps of each task (harness/train/trainer.py GRAD_NORM_STEPS)
                 "timings": {"task_seconds": state.task_seconds, "wall_seconds": time.time() - start},
-                "env": environment(s.device),
+                "env": {**environment(s.device), "deterministic_kernels": exec_cfg.deterministic},
                 "code": code,  # not part of the run id: a code change makes the result stale, not a new cell
             }
             if s.head_record is not None:  # head: pretraining-probe
