@@ -32,6 +32,17 @@ NOT_RUN = "not run"
 PARTIAL = "partial"  # fewer cells finished than the grid has: Δ over the finished seeds only, no verdict
 
 
+# Per cell: every number of the grid report's main table, so the report can be rendered from the reference alone
+# (harness/report/reference_tables.py; the docs' worked example is checked that way). References written before
+# forgetting_mammoth and grad_norm_start were stored lack them (shown as –).
+STORED = ("a_last", "a_avg", "forgetting", "forgetting_mammoth", "task_aware_a_last", "grad_norm_start")
+
+
+def _number(value) -> float:
+    """A metric as a float; NaN where the run has none (e.g. task-aware accuracy on a domain-il benchmark)."""
+    return float("nan") if value is None else float(value)
+
+
 def reference_path(grid: str) -> Path:
     return project_root() / "results" / "reference" / "grids" / f"{grid}.json"
 
@@ -47,7 +58,9 @@ def write_reference(grid: str, runs, environment: dict, command: str, wall_s: fl
                           "complete grid")
     cells = [
         {"benchmark": r["benchmark"], "method": r["method"], "seed": int(r["seed"]), "order_seed": r["order_seed"],
-         "run_id": r["run_id"], **{k: float(r[k]) for k in ("a_last", "a_avg", "forgetting", "task_aware_a_last")}}
+         "run_id": r["run_id"], **{k: _number(r.get(k)) for k in STORED},
+         **({"reconstruction": r["reconstruction"]} if isinstance(r.get("reconstruction"), str)
+            and r["reconstruction"] else {})}
         for _, r in runs.iterrows()
     ]
     path = reference_path(grid)
