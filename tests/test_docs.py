@@ -77,3 +77,23 @@ def test_the_fisher_recipe_registers_runs_and_merges_by_the_accumulated_fisher(r
 def test_the_formula_test_template_passes(monkeypatch):
     module = _exec_block(2, monkeypatch)
     module.test_fisher_merge_hand_worked()
+
+
+def _first_column_names(table_text: str) -> set[str]:
+    """The `name`s in the first column of a Markdown table (a cell may name several: `pm`, `lora-m`)."""
+    names = set()
+    for line in table_text.splitlines():
+        if line.startswith("| `"):
+            names |= set(re.findall(r"`([^`]+)`", line.split("|")[1]))
+    return names
+
+
+def test_every_registered_method_has_a_row_and_a_formula_in_docs_methods():
+    """docs/methods.md: a new method in methods/ needs a row in the sources table and one in the Formulas table
+    (docs/adding-a-method.md says so); this names the missing ones."""
+    text = (DOCS / "methods.md").read_text()
+    sources, _, rest = text.partition("## Formulas")
+    formulas = rest.split("\n## ")[0]
+    registered = set(registry.method_names())
+    assert not registered - _first_column_names(sources), "methods without a row in docs/methods.md's first table"
+    assert not registered - _first_column_names(formulas), "methods without a row in docs/methods.md's Formulas table"
