@@ -32,6 +32,13 @@ def test_breadcrumbs_mask_edges():
     assert breadcrumbs_mask(row, keep=0.0, remove=0.2).tolist() == [[0.0] * 5]
 
 
+def test_breadcrumbs_counts_truncate_as_the_authors_code():
+    """Counts are int(fraction·n), truncated: n = 5, remove 0.3 → int(1.5) = 1 (5 removed), keep 0.5 → int(2.5) = 2
+    (−4 and 3 kept). Rounding would remove 2 (5 and −4) and keep (3, −1)."""
+    row = t([5.0, -1.0, 3.0, 0.5, -4.0])
+    assert breadcrumbs_mask(row, keep=0.5, remove=0.3).tolist() == [[0.0, 0.0, 3.0, 0.0, -4.0]]
+
+
 def test_breadcrumbs_merge_hand_worked():
     """Two tasks, keep 0.4, remove 0.2, λ = 0.5; m⊙τ_1 as in the mask test;
     τ_2 = ((2, 6, −1, 1.5, 0.25), (−1, 0.375, 0.25, 0.75, 0.0625)): 6 and −1 removed; kept (2, 1.5) and (0.75, 0.375)
