@@ -276,6 +276,15 @@ def test_the_cluster_limits_are_read_and_a_contradicting_profile_is_refused(dev_
     assert not (results / "jobs" / "slurm" / "ledger.json").exists()  # nothing submitted
 
 
+def test_the_recording_job_imports_no_torch():
+    """The 250-cell test's element body stays cheap: importing it (what each array element does) must not import torch
+    (about 2 s of CPU per element, 250 times)."""
+    code = "import sys, tests.slurm_jobs; print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert p.stdout.strip() == "False", p.stdout + p.stderr
+
+
 def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, results):
     """250 one-element cells against MaxArraySize 101 and MaxSubmitJobs 150: arrays of 101 and 49, then the rest as
     room frees up, every cell run once. The element body is tests/slurm_jobs.py's RecordingJob (the cell's lock,
@@ -283,6 +292,7 @@ def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, resu
     from harness.dispatch.slurm import load_profile, submit
     from harness.dispatch.status import cell_statuses
     from harness.resolve import resolve
+    from harness.method.code_identity import code_identity
     from tests.slurm_jobs import RecordingJob, run_id
 
     cells = [resolve("split-digits-2x5", "seq-lora", seed=s, overrides=FAST) for s in range(250)]
@@ -291,7 +301,8 @@ def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, resu
     profile.array_parallelism, profile.submit_poll_s = 101, 2.0
     logs: list[str] = []
     t0 = time.time()
-    sub = submit(cells, profile, results, grid="scale", log=logs.append, wait_for_room=True, job=RecordingJob())
+    job = RecordingJob(code_identity("seq-lora"))
+    sub = submit(cells, profile, results, grid="scale", log=logs.append, wait_for_room=True, job=job)
     t_submit = time.time() - t0
     # a wave of one cell is one job, logged "submitted 1 cell as SLURM job N" (submitit submits no array of one): when
     # the queue frees a single slot the last wave is such a job, so the count takes both forms
@@ -306,7 +317,7 @@ def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, resu
     assert all(len(ledger[c.run_id()]) == 1 for c in cells)  # submitted once
     assert [_starts(c, results) for c in cells] == [1] * 250  # run once
     assert {s.state for s in cell_statuses(cells, results)} == {"done"}
-    again = submit(cells, profile, results, log=lambda _: None, job=RecordingJob())
+    again = submit(cells, profile, results, log=lambda _: None, job=job)
     assert again.submitted == [] and set(again.skipped.values()) <= {f"done (job {e[0]['job_id']})" for e in ledger.values()}
 
 
