@@ -321,6 +321,35 @@ def test_250_cells_on_the_cluster_limits_run_each_exactly_once(dev_cluster, resu
     assert again.submitted == [] and set(again.skipped.values()) <= {f"done (job {e[0]['job_id']})" for e in ledger.values()}
 
 
+def test_an_account_group_limit_bounds_the_submission_without_a_rejection(dev_cluster, results):
+    """GrpSubmitJobs=60 on the account the jobs are charged to (shared with its other users): 100 cells are submitted
+    as 60 now, the message names the account's limit, and sbatch rejects nothing (without reading the group limit,
+    the first array of 100 would be refused: AssocGrpSubmitJobsLimit)."""
+    from harness.dispatch.slurm import load_profile, submit
+    from harness.method.code_identity import code_identity
+    from harness.resolve import resolve
+    from tests.slurm_jobs import RecordingJob
+
+    def account_limit(value: int) -> None:
+        subprocess.run(["sacctmgr", "-i", "modify", "account", "where", "name=clmerge", "set", f"GrpSubmitJobs={value}"],
+                       capture_output=True, check=True, timeout=60)
+
+    cells = [resolve("split-digits-2x5", "seq-lora", seed=s, overrides=FAST) for s in range(100)]
+    profile = load_profile(PROFILE)
+    profile.extra_sbatch = {**profile.extra_sbatch, "hold": True}  # held: nothing runs, the count stays put
+    logs: list[str] = []
+    account_limit(60)
+    try:
+        _wait_for(lambda: "GrpSubmitJobs=60(" in subprocess.run(["scontrol", "show", "assoc_mgr", "accounts=clmerge",
+                  "flags=assoc"], capture_output=True, text=True).stdout, 30, "the controller to know the limit")
+        sub = submit(cells, profile, results, log=logs.append, job=RecordingJob(code_identity("seq-lora")))
+    finally:
+        subprocess.run(["scancel", "--user", getpass.getuser()], capture_output=True, timeout=60)
+        account_limit(-1)
+    assert len(sub.submitted) == 60 and sub.remaining == cells[60:], logs
+    assert "40 cells not submitted yet: the shared limit account clmerge: GrpSubmitJobs=60 (0 counted) left room for 60" in logs[-1], logs
+
+
 def test_a_killed_node_requeues_its_job_and_the_cell_resumes_to_the_same_result(dev_cluster, tmp_path, results):
     """The node running a cell loses power (its slurmd and job processes KILLed). After SlurmdTimeout the controller
     marks it DOWN and requeues the job (NODE_FAIL); it runs on the other node, resumes from the epoch checkpoint and

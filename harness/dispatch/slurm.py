@@ -31,7 +31,7 @@ from harness.core.errors import ConfigError
 from harness.core.paths import project_root, results_dir
 from harness.core.schema import load_yaml
 from harness.dispatch.executors import CellsJob
-from harness.dispatch.slurm_limits import Limits, cluster_limits, combine, jobs_in_queue, wave_sizes
+from harness.dispatch.slurm_limits import Limits, ask_shared_room, cluster_limits, combine, jobs_in_queue, wave_sizes
 from harness.dispatch.slurm_queue import QueueError, _record, ledger_lock, slurm_dir
 from harness.dispatch.status import TO_RUN, cell_statuses
 
@@ -204,6 +204,10 @@ def submit(
                 raise ConfigError(f"SLURM does not answer ({exc}); {len(out.submitted)} cells were submitted and recorded before, "
                                   f"{len(todo)} not: rerun the same command when it answers (queued cells are skipped)") from exc
             room = None if limits.max_jobs_in_queue is None else limits.max_jobs_in_queue - in_queue
+            why = f"the queue holds {in_queue} of at most {limits.max_jobs_in_queue} jobs ({limits.sources.get('max_jobs_in_queue', '')})"
+            shared, binding = ask_shared_room(profile.account, profile.qos)  # group limits: others' jobs count too
+            if shared is not None and (room is None or shared < room):
+                room, why = shared, f"the shared limit {binding} left room for {shared}"
             elements = pack_cells(todo, profile.pack)
             sizes = wave_sizes(len(elements), limits.array_cap(), room)
             for size in sizes:
@@ -212,7 +216,6 @@ def submit(
             out.remaining = [c for e in elements for c in e]
         if not out.remaining:
             return out
-        why = f"the queue holds {in_queue} of at most {limits.max_jobs_in_queue} jobs ({limits.sources.get('max_jobs_in_queue', '')})"
         if not wait_for_room:
             log(f"{len(out.remaining)} cells not submitted yet: {why}. Rerun the same command later to submit them "
                 f"(cells already queued are skipped), or add --wait to keep submitting as room frees up")
