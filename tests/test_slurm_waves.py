@@ -112,6 +112,8 @@ class FakeCluster:
         self.cells: dict[str, list[dict]] = {}  # job id → the cells it runs
         self.arrays: list[int] = []  # elements per accepted array
         self.next_id = 100
+        self.comments: dict[str, str] = {}  # job id → its sbatch comment
+        self.lose_reply = False  # sbatch times out after the controller queued the array
 
     def install(self, monkeypatch):
         monkeypatch.setattr(slurm, "make_executor", lambda profile, folder: self.executor(folder))
@@ -120,11 +122,19 @@ class FakeCluster:
         monkeypatch.setattr(slurm, "ask_shared_room", lambda account, qos: shared_room(
             self.assoc_mgr_text(), "", "alice", account, []))
         monkeypatch.setattr(status, "job_states", lambda ids: {j: JobState(self.states.get(j, "GONE")) for j in ids})
+        monkeypatch.setattr(slurm_queue, "jobs_with_comment", lambda c: [j for j, k in self.comments.items()
+                                                                         if k == c and self.states[j] == "PENDING"])
+        monkeypatch.setattr(slurm_queue, "cancel", lambda ids: self.states.update({j: "CANCELLED" for j in ids}))
 
     def executor(self, folder):
         cluster = self
 
         class Executor:
+            comment = ""
+
+            def update_parameters(self, **params):
+                self.comment = params.get("comment", self.comment)
+
             def map_array(self, fn, cell_lists, *rest):
                 n = len(cell_lists)
                 if n > cluster.max_array_size:  # index n-1 >= MaxArraySize
@@ -137,8 +147,10 @@ class FakeCluster:
                 cluster.next_id += 1
                 ids = [f"{array}_{i}" for i in range(n)] if n > 1 else [array]
                 for jid, cells in zip(ids, cell_lists):
-                    cluster.states[jid], cluster.cells[jid] = "PENDING", cells
+                    cluster.states[jid], cluster.cells[jid], cluster.comments[jid] = "PENDING", cells, self.comment
                 cluster.arrays.append(n)
+                if cluster.lose_reply:
+                    raise RuntimeError("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation")
                 return [FakeJob(folder, jid) for jid in ids]
 
         return Executor()
@@ -322,7 +334,8 @@ def test_an_array_the_cluster_rejects_is_one_clear_error_and_nothing_is_lost(res
     with pytest.raises(ConfigError) as err:
         submit(cells, _profile(), results, limits=Limits(101, 150), log=lambda _: None)
     msg = str(err.value)
-    assert "sbatch rejected an array of 49 elements (49 cells): sbatch: error: AssocMaxSubmitJobLimit" in msg
+    assert "sbatch failed for an array of 49 elements (49 cells): sbatch: error: AssocMaxSubmitJobLimit" in msg
+    assert "No job of it is in the queue." in msg
     assert "101 cells submitted before it are recorded in the ledger" in msg and "rerun the same command" in msg
     assert len(read_ledger(results)) == 101  # the accepted array is recorded, the rejected one is not
 
@@ -333,6 +346,27 @@ def test_an_array_the_cluster_rejects_is_one_clear_error_and_nothing_is_lost(res
     cluster.finish(1000, results)
     assert submit(cells, _profile(), results, limits=Limits(101, 120), log=lambda _: None).remaining == []
     _submitted_once(cells, results)
+
+
+def test_a_lost_sbatch_reply_cancels_the_jobs_the_controller_queued_anyway(results, monkeypatch):
+    """sbatch times out after the controller queued the array: submitit never learnt the job ids (its jobs could not
+    find their cells), so they are found by the submission's comment and cancelled, the error says so, nothing is
+    recorded, and the rerun submits every cell exactly once."""
+    cluster = FakeCluster(max_array_size=101, max_submit=500)
+    cluster.install(monkeypatch)
+    cells, lim = _cells(150), Limits(101, 500)
+    cluster.lose_reply = True
+    with pytest.raises(ConfigError) as err:
+        submit(cells, _profile(), results, limits=lim, log=lambda _: None, sleep=lambda _: None)
+    msg = str(err.value)
+    assert "sbatch failed for an array of 101 elements (101 cells)" in msg and "Socket timed out" in msg
+    assert "had queued 101 of its jobs anyway (found by their comment clmerge-submission:" in msg and "cancelled" in msg
+    assert set(cluster.states.values()) == {"CANCELLED"} and not read_ledger(results)
+    cluster.lose_reply = False
+    again = submit(cells, _profile(), results, limits=lim, log=lambda _: None)
+    assert len(again.submitted) == 150 and cluster.arrays == [101, 101, 49]
+    _submitted_once(cells, results)
+    assert len({cluster.comments[j] for j in cluster.comments}) == 3  # a fresh token per array
 
 
 def test_a_queue_that_does_not_answer_submits_nothing(results, monkeypatch):
