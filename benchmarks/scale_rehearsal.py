@@ -3,6 +3,7 @@
     python benchmarks/scale_rehearsal.py grid  --cells 1008 3006 10008   # dry-run / status / report over synthetic results
     python benchmarks/scale_rehearsal.py slurm --cells 2016              # submission against the dev cluster's limits
     python benchmarks/scale_rehearsal.py data  --images 3000             # a synthetic ImageNet-R-like folder → prepare
+    python benchmarks/scale_rehearsal.py model --methods pm trm magmax   # ViT-B/16 state and checkpoint growth, 20 tasks
     python benchmarks/scale_rehearsal.py plot                            # docs/img/scale_rehearsal.png from the above
 
 Every section appends its measurements to results/benchmarks/scale_rehearsal.json (one record per measurement, with
@@ -20,6 +21,14 @@ the command line, the machine's CPU count and load average) and prints them.
   aspect 0.75–1.33), smooth random content plus noise (JPEG quality 90), then `clmerge prepare imagenet-r-10
   --source DIR` into a private cache: wall time, images/s, peak RSS, cache bytes; then the pm protocol's train
   transform (harness.data.augment.train_batch, 1 thread) over up to 2,000 cached training images, images/s.
+- model: each method (default: every registered one) in its own process, over imagenet-r-20's 20 tasks (10 classes
+  each) with the trainer's own loop (`run_tasks`: begin_task, steps, end_task, evaluation, checkpoint.pt after every
+  task) on ViT-B/16 (`vit-b16-random`: every weight, LoRA and head at real size), fed 32-px inputs (4 patches; the
+  CPU could not run 20 tasks × every method at 224 px) and --per-class training images per class, 1 epoch. After
+  tasks 5, 10 and 20: checkpoint.pt bytes, the method's state bytes (torch.save of its state_dict), the end_task
+  seconds of that task and per training image, and the process's peak RSS; then whether a method that declares
+  `constant_memory = True` kept its state size from task 5 to task 20. Sizes do not depend on the input size;
+  times do (the token count is 5 instead of 197): they rank methods, they are not 224-px figures.
 """
 
 from __future__ import annotations
@@ -254,6 +263,116 @@ def stream_rate(cache: Path, batch: int = 64, max_images: int = 2000) -> float:
     return round(n / (time.perf_counter() - t0), 1)
 
 
+# ---- model size ----------------------------------------------------------------------------------------------------
+
+MODEL_PRESET = "vit-b16-random-32px"  # registered in this process only: ViT-B/16's weights at real size, 32-px input
+MARKS = (5, 10, 20)
+
+
+def _register_32px_preset() -> None:
+    from dataclasses import replace
+
+    from harness.model.backbone import PRESETS
+
+    base = PRESETS["vit-b16-random"]
+    PRESETS[MODEL_PRESET] = replace(base, name=MODEL_PRESET, timm_kwargs={**base.timm_kwargs, "img_size": 32},
+                                    description=base.description + " (32-px input: scale rehearsal only)")
+
+
+def model_child(method: str, per_class: int, out: Path) -> None:
+    """One method over imagenet-r-20 on ViT-B/16 (32-px input) in this process; writes its records to `out`."""
+    import io
+    import resource
+
+    import numpy as np
+    import torch
+
+    from harness.config import ExecConfig
+    from harness.data.image_bank import ImageBank
+    from harness.data.spec import ImageSpec
+    from harness.data.stream import build_stream
+    from harness.method.base import MethodContext
+    from harness.method.registry import get_method
+    from harness.core.schema import from_dict
+    from harness.data.protocol import run_spec
+    from harness.model.backbone import CLModel
+    from harness.resolve import resolve
+    from harness.train.setup import Setup
+    from harness.train.trainer import run_tasks
+
+    torch.set_num_threads(1)
+    _register_32px_preset()
+    cfg = resolve("imagenet-r-20", method, seed=0, overrides={"backbone.preset": MODEL_PRESET, "train.epochs": 1,
+                                                               "train.epoch_repeats": 1, "train.batch_size": 32})
+    spec = run_spec(cfg)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(spec.num_classes), per_class)
+    test_labels = np.arange(spec.num_classes)  # one test image per class
+    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+    test_images = rng.integers(0, 256, (len(test_labels), 3, 32, 32), dtype=np.uint8)
+    image = ImageSpec(size=32, channels=3, mean=list(spec.image.mean), std=list(spec.image.std))
+    stream = build_stream(spec, cfg.order_seed, labels, test_labels)
+    device = torch.device("cpu")
+    model = CLModel(cfg.backbone)
+    cls = get_method(method)
+    m = cls(from_dict(cls.Params, dict(cfg.method_params), method), MethodContext(config=cfg, stream=stream, device=device))
+    train_bank = ImageBank(images, stream.remap(labels), image, device)  # no transforms: plain 32-px views
+    m.ctx.train_bank = train_bank
+    s = Setup(cfg, spec, None, stream, device, model, m, train_bank, ImageBank(test_images, stream.remap(test_labels), image, device))
+    end_task_s: list[float] = []
+    original = m.end_task
+
+    def timed_end_task(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            end_task_s.append(time.perf_counter() - t0)
+
+    m.end_task = timed_end_task
+    exec_cfg = ExecConfig(progress=False, device="cpu", prefetch="off", compile="off", background_checkpoints=False)
+    recs, state = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "checkpoint.pt"
+        for mark in MARKS:
+            t0 = time.perf_counter()
+            state = run_tasks(s, exec_cfg, checkpoint=ckpt, stop_after=mark, state=state)
+            buf = io.BytesIO()
+            torch.save(m.state_dict(), buf)
+            n_train = len(stream.tasks[mark - 1].train_indices)
+            recs.append({"method": method, "tasks": mark, "checkpoint_bytes": ckpt.stat().st_size,
+                         "method_state_bytes": buf.tell(), "end_task_s": round(end_task_s[-1], 3),
+                         "end_task_s_per_image": round(end_task_s[-1] / n_train, 4),
+                         "tasks_wall_s": round(time.perf_counter() - t0, 1),
+                         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                         "constant_memory": bool(cls.constant_memory), "train_images_per_task": n_train,
+                         "input_px": 32})
+    out.write_text(json.dumps(recs))
+
+
+def bench_model(methods: list[str] | None, per_class: int) -> None:
+    from harness.method.registry import method_names
+
+    for method in methods or method_names():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "recs.json"
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, __file__, "model-child", method, str(per_class), str(out)], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if p.returncode != 0 or not out.exists():
+                record("model", method=method, error=p.stdout[-1500:])
+                continue
+            recs = json.loads(out.read_text())
+        grew = recs[-1]["method_state_bytes"] - recs[0]["method_state_bytes"]
+        for r in recs:
+            record("model", **r)
+        record("model-check", method=method, constant_memory=recs[0]["constant_memory"],
+               state_bytes_5_to_20=[recs[0]["method_state_bytes"], recs[-1]["method_state_bytes"]],
+               # a few bytes of pickled bookkeeping (task counters, records) may differ; a tensor per task does not
+               claim_holds=(not recs[0]["constant_memory"]) or grew <= 4096,
+               process_wall_s=round(time.perf_counter() - t0, 1))
+
+
 # ---- plot ----------------------------------------------------------------------------------------------------------
 
 
@@ -297,6 +416,13 @@ def main() -> None:
     s.add_argument("--cells", type=int, default=2016)
     d = sub.add_parser("data")
     d.add_argument("--images", type=int, default=3000)
+    mo = sub.add_parser("model")
+    mo.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    mo.add_argument("--per-class", type=int, default=2, help="training images per class (10 classes a task)")
+    mc = sub.add_parser("model-child")
+    mc.add_argument("method")
+    mc.add_argument("per_class", type=int)
+    mc.add_argument("out", type=Path)
     p = sub.add_parser("plot")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "scale_rehearsal.png")
     args = ap.parse_args()
@@ -306,6 +432,10 @@ def main() -> None:
         bench_slurm(args.cells)
     elif args.section == "data":
         bench_data(args.images)
+    elif args.section == "model":
+        bench_model(args.methods, args.per_class)
+    elif args.section == "model-child":
+        model_child(args.method, args.per_class, args.out)
     else:
         plot(args.out)
 

@@ -75,9 +75,10 @@ def finished_result(cfg, wall_seconds: float = 1) -> dict:
     is not a `mismatch`) and the current code (so it is `done`, not `stale`)."""
     from harness.config import RunConfig
 
+    from tests.slurm_jobs import result_record
+
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
-    return {"status": "complete", "run_id": cfg.run_id(), "config": cfg.to_dict(),
-            "timings": {"wall_seconds": wall_seconds}, "code": _current_code(cfg.method)}
+    return result_record(cfg.run_id(), cfg.to_dict(), _current_code(cfg.method), wall_seconds)
 
 
 _CODE: dict[str, dict] = {}

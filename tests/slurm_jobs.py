@@ -1,7 +1,8 @@
 """A stand-in for CellsJob in SLURM scale tests: the same contract (cells in, one outcome per cell out) and the same
 run-once machinery (the cell's .lock, result.json as "finished", one `start` line in events.log per execution), but
-no training and no torch import, so that hundreds of array elements finish in seconds. The jobs import it from the
-checkout (their working directory)."""
+no training and no torch import (harness.config and the code-identity hashing import torch: the run id is restated
+here, and the code identity is computed once by the test and pickled with the job), so that hundreds of array
+elements finish in seconds. The jobs import it from the checkout (their working directory)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from harness.core.io import atomic_write_json, file_lock
-from tests.fakes import finished_result
 
 
 def run_id(data: dict) -> str:
@@ -24,7 +26,17 @@ def _run_dir(data: dict, root: str) -> Path:
     return Path(root) / "runs" / data["benchmark"] / data["method"] / run_id(data)
 
 
+def result_record(run_id: str, config: dict, code: dict, wall_seconds: float = 1) -> dict:
+    """A minimal result.json of a finished cell: its run id and config (so it is not a `mismatch`) and `code` (the
+    current code identity, so it is `done`, not `stale`)."""
+    return {"status": "complete", "run_id": run_id, "config": config, "timings": {"wall_seconds": wall_seconds},
+            "code": code}
+
+
+@dataclass
 class RecordingJob:
+    code: dict  # harness.method.code_identity.code_identity(method) of the cells' method, from the submitting test
+
     def __call__(self, cells: list[dict], exec_cfg: dict, root: str) -> list[dict]:
         out = []
         for data in cells:
@@ -40,6 +52,6 @@ class RecordingJob:
                 job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '')}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
                 with open(d / "events.log", "a") as fh:
                     fh.write(f"pid={os.getpid()} job={job} start\n")
-                atomic_write_json(d / "result.json", finished_result(data, 0))  # its own config, the current code
+                atomic_write_json(d / "result.json", result_record(d.name, data, self.code, 0))
                 out.append({"run_id": d.name, "status": "done"})
         return out

@@ -66,3 +66,15 @@ def test_a_bad_value_is_an_error_before_the_cell_is_touched(results):
     with pytest.raises(ConfigError, match="expected off or on, got 'yes'"):
         execute(cfg, ExecConfig(progress=False, device="cpu", deterministic="yes"), results)
     assert not run_dir(cfg, results).exists()
+
+
+def test_the_environment_sets_the_default_for_dispatched_grids(monkeypatch):
+    """CLMERGE_DETERMINISTIC=on where a grid is submitted: the ExecConfig the dispatchers build (and pickle to their
+    jobs) carries it; `clmerge run` takes it as its --deterministic default."""
+    from harness.cli import build_parser
+
+    monkeypatch.setenv("CLMERGE_DETERMINISTIC", "on")
+    assert ExecConfig().deterministic == "on"
+    assert build_parser().parse_args(["run", "--benchmark", "split-digits", "--method", "pm"]).deterministic == "on"
+    monkeypatch.delenv("CLMERGE_DETERMINISTIC")
+    assert ExecConfig().deterministic == "off"

@@ -119,6 +119,9 @@ class FakeExecutor:
     def __init__(self, folder: Path):
         self.folder = folder
 
+    def update_parameters(self, **params):  # the submission's comment (its token), as submitit takes it
+        self.params = params
+
     def map_array(self, fn, cells, *rest):
         FakeExecutor.submitted.append([c[0]["seed"] for c in cells])
         return [FakeJob(self.folder, f"9_{i}") for i in range(len(cells))]

@@ -14,6 +14,7 @@ from harness.core.io import atomic_write_json
 from harness.dispatch import slurm, slurm_queue, status
 from harness.dispatch.slurm import load_profile, pack_cells, resolve_limits, submit
 from harness.dispatch.slurm_limits import (Limits, combine, parse_assoc_limits, parse_qos_limits, parse_scontrol_config,
+                                           shared_room,
                                            wave_sizes)
 from harness.dispatch.slurm_queue import JobState, read_ledger
 from harness.resolve import resolve
@@ -104,40 +105,78 @@ class FakeJob:
 class FakeCluster:
     """sbatch/squeue as SLURM answers them: arrays beyond MaxArraySize or beyond MaxSubmitJobs are rejected whole."""
 
-    def __init__(self, max_array_size: int, max_submit: int):
+    def __init__(self, max_array_size: int, max_submit: int, group_limit: int | None = None, others: int = 0):
         self.max_array_size, self.max_submit = max_array_size, max_submit
+        self.group_limit, self.others = group_limit, others  # an account's GrpSubmitJobs, other users' jobs under it
         self.states: dict[str, str] = {}
         self.cells: dict[str, list[dict]] = {}  # job id → the cells it runs
         self.arrays: list[int] = []  # elements per accepted array
         self.next_id = 100
+        self.comments: dict[str, str] = {}  # job id → its sbatch comment
+        self.lose_reply = False  # sbatch times out after the controller queued the array
 
     def install(self, monkeypatch):
         monkeypatch.setattr(slurm, "make_executor", lambda profile, folder: self.executor(folder))
         monkeypatch.setattr(slurm, "jobs_in_queue", self.in_queue)
+        # the controller's assoc_mgr report, parsed by the real shared_room
+        monkeypatch.setattr(slurm, "ask_shared_room", lambda account, qos: shared_room(
+            self.assoc_mgr_text(), "", "alice", account, []))
         monkeypatch.setattr(status, "job_states", lambda ids: {j: JobState(self.states.get(j, "GONE")) for j in ids})
+        monkeypatch.setattr(slurm_queue, "jobs_with_comment", lambda c: [j for j, k in self.comments.items()
+                                                                         if k == c and self.states[j] == "PENDING"])
+        monkeypatch.setattr(slurm_queue, "cancel", lambda ids: self.states.update({j: "CANCELLED" for j in ids}))
 
     def executor(self, folder):
         cluster = self
 
         class Executor:
+            comment = ""
+
+            def update_parameters(self, **params):
+                self.comment = params.get("comment", self.comment)
+
             def map_array(self, fn, cell_lists, *rest):
                 n = len(cell_lists)
                 if n > cluster.max_array_size:  # index n-1 >= MaxArraySize
                     raise RuntimeError("sbatch: error: Batch job submission failed: Invalid job array specification")
                 if cluster.in_queue() + n > cluster.max_submit:
                     raise RuntimeError("sbatch: error: AssocMaxSubmitJobLimit\nsbatch: error: Batch job submission failed")
+                if cluster.group_limit is not None and cluster.others + cluster.in_queue() + n > cluster.group_limit:
+                    raise RuntimeError("sbatch: error: AssocGrpSubmitJobsLimit\nsbatch: error: Batch job submission failed")
                 array = str(cluster.next_id)
                 cluster.next_id += 1
                 ids = [f"{array}_{i}" for i in range(n)] if n > 1 else [array]
                 for jid, cells in zip(ids, cell_lists):
-                    cluster.states[jid], cluster.cells[jid] = "PENDING", cells
+                    cluster.states[jid], cluster.cells[jid], cluster.comments[jid] = "PENDING", cells, self.comment
                 cluster.arrays.append(n)
+                if cluster.lose_reply:
+                    raise RuntimeError("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation")
                 return [FakeJob(folder, jid) for jid in ids]
 
         return Executor()
 
     def in_queue(self) -> int:
         return sum(s == "PENDING" for s in self.states.values())
+
+    def assoc_mgr_text(self) -> str:
+        """`scontrol show assoc_mgr users=alice flags=assoc` as SLURM 23 prints it (abridged): alice's association in
+        account lab, under account dept (the group limit, shared with other users), under root."""
+        grp = "N" if self.group_limit is None else str(self.group_limit)
+        used = self.others + self.in_queue()
+        return "\n".join([
+            "Current Association Manager state", "", "Association Records", "",
+            "ClusterName=c Account=root UserName= Partition= Priority=0 ID=1",
+            "    ParentAccount= Lft=1 DefAssoc=No", f"    GrpJobs=N({used}) GrpJobsAccrue=N(0)",
+            f"    GrpSubmitJobs=N({used}) GrpWall=N(0.00)", "    MaxJobs= MaxJobsAccrue= MaxSubmitJobs= MaxWallPJ=",
+            "ClusterName=c Account=dept UserName= Partition= Priority=0 ID=2",
+            "    ParentAccount=root(1) Lft=2 DefAssoc=No", f"    GrpSubmitJobs={grp}({used}) GrpWall=N(0.00)",
+            "    MaxJobs= MaxJobsAccrue= MaxSubmitJobs= MaxWallPJ=",
+            "ClusterName=c Account=lab UserName= Partition= Priority=0 ID=3",
+            "    ParentAccount=dept(2) Lft=3 DefAssoc=No", f"    GrpSubmitJobs=N({used}) GrpWall=N(0.00)",
+            "ClusterName=c Account=lab UserName=alice(1001) Partition= Priority=0 ID=4",
+            "    ParentAccount= Lft=4 DefAssoc=Yes", f"    GrpSubmitJobs=N({self.in_queue()}) GrpWall=N(0.00)",
+            f"    MaxJobs= MaxJobsAccrue= MaxSubmitJobs={self.max_submit}({self.in_queue()}) MaxWallPJ=",
+        ])
 
     def finish(self, n: int, root: Path) -> None:
         """The first `n` queued jobs complete, with a result for each of their cells."""
@@ -187,6 +226,70 @@ def test_250_cells_in_waves_stop_and_rerun_each_submitted_once(results, monkeypa
     _submitted_once(cells, results)
 
 
+def test_shared_room_reads_group_limits_up_the_account_tree_and_the_qos():
+    """`scontrol show assoc_mgr` text (captured on the dev cluster with GrpSubmitJobs set on account clmerge, then
+    the counts edited): the smallest limit − used over the user's association, each account above it and the QOS."""
+    assoc = """Current Association Manager state
+
+Association Records
+
+ClusterName=clmerge Account=root UserName= Partition= Priority=0 ID=1
+    SharesRaw/Norm/Level/Factor=1/18446744073709551616.00/1/0.00
+    ParentAccount= Lft=1 DefAssoc=No
+    GrpJobs=N(0) GrpJobsAccrue=N(0)
+    GrpSubmitJobs=500(470) GrpWall=N(0.00)
+    MaxJobs= MaxJobsAccrue= MaxSubmitJobs= MaxWallPJ=
+ClusterName=clmerge Account=root UserName=root(0) Partition= Priority=0 ID=2
+    ParentAccount= Lft=6 DefAssoc=No
+    GrpSubmitJobs=N(0) GrpWall=N(0.00)
+    MaxJobs= MaxJobsAccrue= MaxSubmitJobs=150(0) MaxWallPJ=
+ClusterName=clmerge Account=clmerge UserName= Partition= Priority=0 ID=3
+    ParentAccount=root(1) Lft=2 DefAssoc=No
+    GrpSubmitJobs=60(12) GrpWall=N(0.00)
+    MaxJobs= MaxJobsAccrue= MaxSubmitJobs=120(12) MaxWallPJ=
+ClusterName=clmerge Account=clmerge UserName=root(0) Partition= Priority=0 ID=4
+    ParentAccount= Lft=3 DefAssoc=Yes
+    GrpSubmitJobs=N(5) GrpWall=N(0.00)
+    MaxJobs= MaxJobsAccrue= MaxSubmitJobs=150(5) MaxWallPJ=
+"""
+    qos = """QOS Records
+
+QOS=normal(1)
+    UsageRaw=0.000000
+    GrpJobs=N(0) GrpJobsAccrue=N(0) GrpSubmitJobs=N(0) GrpWall=N(0.00)
+        MaxJobsPU=N(0) MaxJobsAccruePU=N(0) MaxSubmitJobsPU=N(0)
+QOS=short(2)
+    GrpJobs=N(0) GrpJobsAccrue=N(0) GrpSubmitJobs=40(37) GrpWall=N(0.00)
+"""
+    # the default association (clmerge): its account allows 60 − 12 = 48; root above it 500 − 470 = 30
+    assert shared_room(assoc, qos, "root", None, ["normal"]) == (30, "account root: GrpSubmitJobs=500 (470 counted)")
+    assert shared_room(assoc, qos, "root", None, ["normal", "short"]) == (3, "QOS short: GrpSubmitJobs=40 (37 counted)")
+    # jobs charged to account root: only root's own limit is above that association
+    assert shared_room(assoc, qos, "root", "root", []) == (30, "account root: GrpSubmitJobs=500 (470 counted)")
+    no_root_limit = assoc.replace("GrpSubmitJobs=500(470)", "GrpSubmitJobs=N(470)")
+    assert shared_room(no_root_limit, qos, "root", None, []) == (48, "account clmerge: GrpSubmitJobs=60 (12 counted)")
+    full = no_root_limit.replace("GrpSubmitJobs=60(12)", "GrpSubmitJobs=60(75)")  # over the limit: no room, not negative
+    assert shared_room(full, "", "root", None, [])[0] == 0
+    assert shared_room(no_root_limit.replace("60(12)", "N(12)"), "", "root", None, []) == (None, "")  # no group limit
+    assert shared_room(assoc, qos, "bob", None, ["short"]) == (3, "QOS short: GrpSubmitJobs=40 (37 counted)")  # no association
+
+
+def test_a_group_limit_shared_with_other_users_bounds_each_wave(results, monkeypatch):
+    """Account dept allows 100 jobs (GrpSubmitJobs) and other users hold 70 of them: the first submission sends 30,
+    says which limit binds, and nothing is rejected; as jobs end the rest follow, each cell submitted once."""
+    cluster = FakeCluster(max_array_size=101, max_submit=150, group_limit=100, others=70)
+    cluster.install(monkeypatch)
+    cells, lim, logs = _cells(80), Limits(101, 150), []
+    first = submit(cells, _profile(), results, limits=lim, log=logs.append)
+    assert cluster.arrays == [30] and len(first.submitted) == 30 and first.remaining == cells[30:]
+    assert "50 cells not submitted yet: the shared limit account dept: GrpSubmitJobs=100 (70 counted) left room for 30" in logs[-1]
+    cluster.others = 20  # other users' jobs end
+    cluster.finish(30, results)
+    second = submit(cells, _profile(), results, limits=lim, log=logs.append)
+    assert cluster.arrays == [30, 50] and second.submitted == cells[30:] and second.remaining == []
+    _submitted_once(cells, results)
+
+
 def test_wait_for_room_keeps_submitting_and_an_interrupted_submitter_resumes(results, monkeypatch):
     cluster = FakeCluster(max_array_size=101, max_submit=150)
     cluster.install(monkeypatch)
@@ -231,7 +334,8 @@ def test_an_array_the_cluster_rejects_is_one_clear_error_and_nothing_is_lost(res
     with pytest.raises(ConfigError) as err:
         submit(cells, _profile(), results, limits=Limits(101, 150), log=lambda _: None)
     msg = str(err.value)
-    assert "sbatch rejected an array of 49 elements (49 cells): sbatch: error: AssocMaxSubmitJobLimit" in msg
+    assert "sbatch failed for an array of 49 elements (49 cells): sbatch: error: AssocMaxSubmitJobLimit" in msg
+    assert "No job of it is in the queue." in msg
     assert "101 cells submitted before it are recorded in the ledger" in msg and "rerun the same command" in msg
     assert len(read_ledger(results)) == 101  # the accepted array is recorded, the rejected one is not
 
@@ -242,6 +346,27 @@ def test_an_array_the_cluster_rejects_is_one_clear_error_and_nothing_is_lost(res
     cluster.finish(1000, results)
     assert submit(cells, _profile(), results, limits=Limits(101, 120), log=lambda _: None).remaining == []
     _submitted_once(cells, results)
+
+
+def test_a_lost_sbatch_reply_cancels_the_jobs_the_controller_queued_anyway(results, monkeypatch):
+    """sbatch times out after the controller queued the array: submitit never learnt the job ids (its jobs could not
+    find their cells), so they are found by the submission's comment and cancelled, the error says so, nothing is
+    recorded, and the rerun submits every cell exactly once."""
+    cluster = FakeCluster(max_array_size=101, max_submit=500)
+    cluster.install(monkeypatch)
+    cells, lim = _cells(150), Limits(101, 500)
+    cluster.lose_reply = True
+    with pytest.raises(ConfigError) as err:
+        submit(cells, _profile(), results, limits=lim, log=lambda _: None, sleep=lambda _: None)
+    msg = str(err.value)
+    assert "sbatch failed for an array of 101 elements (101 cells)" in msg and "Socket timed out" in msg
+    assert "had queued 101 of its jobs anyway (found by their comment clmerge-submission:" in msg and "cancelled" in msg
+    assert set(cluster.states.values()) == {"CANCELLED"} and not read_ledger(results)
+    cluster.lose_reply = False
+    again = submit(cells, _profile(), results, limits=lim, log=lambda _: None)
+    assert len(again.submitted) == 150 and cluster.arrays == [101, 101, 49]
+    _submitted_once(cells, results)
+    assert len({cluster.comments[j] for j in cluster.comments}) == 3  # a fresh token per array
 
 
 def test_a_queue_that_does_not_answer_submits_nothing(results, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,8 @@ from harness.core.errors import ConfigError
 from harness.core.paths import project_root, results_dir
 from harness.core.schema import load_yaml
 from harness.dispatch.executors import CellsJob
-from harness.dispatch.slurm_limits import Limits, cluster_limits, combine, jobs_in_queue, wave_sizes
+from harness.dispatch.slurm_limits import Limits, ask_shared_room, cluster_limits, combine, jobs_in_queue, wave_sizes
+from harness.dispatch import slurm_queue
 from harness.dispatch.slurm_queue import QueueError, _record, ledger_lock, slurm_dir
 from harness.dispatch.status import TO_RUN, cell_statuses
 
@@ -204,15 +206,18 @@ def submit(
                 raise ConfigError(f"SLURM does not answer ({exc}); {len(out.submitted)} cells were submitted and recorded before, "
                                   f"{len(todo)} not: rerun the same command when it answers (queued cells are skipped)") from exc
             room = None if limits.max_jobs_in_queue is None else limits.max_jobs_in_queue - in_queue
+            why = f"the queue holds {in_queue} of at most {limits.max_jobs_in_queue} jobs ({limits.sources.get('max_jobs_in_queue', '')})"
+            shared, binding = ask_shared_room(profile.account, profile.qos)  # group limits: others' jobs count too
+            if shared is not None and (room is None or shared < room):
+                room, why = shared, f"the shared limit {binding} left room for {shared}"
             elements = pack_cells(todo, profile.pack)
             sizes = wave_sizes(len(elements), limits.array_cap(), room)
             for size in sizes:
                 part, elements = elements[:size], elements[size:]
-                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob(), rerun_stale)
+                _submit_array(part, profile, root, grid, out, limits, log, job or CellsJob(), rerun_stale, sleep)
             out.remaining = [c for e in elements for c in e]
         if not out.remaining:
             return out
-        why = f"the queue holds {in_queue} of at most {limits.max_jobs_in_queue} jobs ({limits.sources.get('max_jobs_in_queue', '')})"
         if not wait_for_room:
             log(f"{len(out.remaining)} cells not submitted yet: {why}. Rerun the same command later to submit them "
                 f"(cells already queued are skipped), or add --wait to keep submitting as room frees up")
@@ -223,10 +228,15 @@ def submit(
 
 def _submit_array(
     elements: list[list[RunConfig]], profile: SlurmProfile, root: Path, grid: str, out: Submission, limits: Limits,
-    log: Callable[[str], None], job: Callable, rerun_stale: bool = False,
+    log: Callable[[str], None], job: Callable, rerun_stale: bool = False, sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """One sbatch: `elements` as one array (one job if a single element), recorded in the ledger at once."""
     ex = make_executor(profile, slurm_dir(root) / "%j")
+    # a token in the job comment finds this array's jobs in the queue if sbatch fails after the controller took them
+    own = profile.extra_sbatch.get("comment")  # a profile's own comment is kept in front of the token
+    comment = (f"{own} " if own else "") + SUBMISSION_COMMENT + uuid.uuid4().hex[:16]
+    ex.update_parameters(comment=comment,
+                         additional_parameters={k: v for k, v in profile.extra_sbatch.items() if k != "comment"})
     exec_cfg = asdict(ExecConfig(device="auto", threads=profile.cpus, progress=False, rerun_stale=rerun_stale))
     n = len(elements)
     n_cells = sum(len(e) for e in elements)
@@ -235,7 +245,7 @@ def _submit_array(
     except Exception as exc:  # sbatch refused (submitit raises its own error types with sbatch's stderr)
         reason = " ".join(str(exc).split())[-600:]
         raise ConfigError(
-            f"sbatch rejected an array of {n} elements ({n_cells} cells): {reason}. "
+            f"sbatch failed for an array of {n} elements ({n_cells} cells): {reason}. {_orphans(comment, reason, sleep)} "
             f"{len(out.submitted)} cells submitted before it are recorded in the ledger and stay queued, nothing was "
             f"submitted twice; fix the cause (limits used: {limits.describe()}; lower max_array_size / "
             f"max_jobs_in_queue in the profile if the cluster's are lower) and rerun the same command"
@@ -257,6 +267,28 @@ def _submit_array(
         log(f"submitted {n_cells} cell{'s' if n_cells > 1 else ''} as SLURM job {first}")
     else:
         log(f"submitted {n_cells} cells as SLURM array job {first} ({n} elements{packed}; at most {profile.array_parallelism} at a time)")
+
+
+SUBMISSION_COMMENT = "clmerge-submission:"
+
+
+def _orphans(comment: str, reason: str, sleep: Callable[[float], None]) -> str:
+    """After a failed sbatch: the jobs the controller accepted anyway (a reply lost to a timeout: "Socket timed out")
+    cannot run (submitit never handed them their cells) and would make a rerun submit the cells twice, so they are
+    found by `comment` and cancelled. Returns what was done, for the error message."""
+    try:
+        found = slurm_queue.jobs_with_comment(comment)
+        if not found and "timed out" in reason.lower():  # a busy controller may register the job a moment later
+            sleep(5.0)
+            found = slurm_queue.jobs_with_comment(comment)
+        slurm_queue.cancel(found)
+    except (QueueError, FileNotFoundError) as exc:
+        return (f"Whether the controller queued some of its jobs anyway could not be checked ({exc}): before "
+                f"rerunning, cancel the jobs whose comment is {comment} (squeue -u $USER -o '%i %k').")
+    if found:
+        return (f"The controller had queued {len(found)} of its jobs anyway (found by their comment {comment}); "
+                f"they could not run their cells and were cancelled.")
+    return "No job of it is in the queue."
 
 
 def wait(

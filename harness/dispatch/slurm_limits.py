@@ -6,6 +6,11 @@
                        association MaxSubmitJobs, the QOS's MaxSubmitJobsPerUser (`sacctmgr`, where accounting
                        answers) and the controller's MaxJobCount. sbatch rejects a whole array that would pass it.
 
+Group limits are shared with other users, so they are a live room rather than a fixed cap: GrpSubmitJobs of the
+user's association, of every account above it, and of the QOS, each minus the jobs already counted against it
+(`scontrol show assoc_mgr`, which prints "limit(used)"): `shared_room`. Each submission wave takes the smaller of
+that and the room under max_jobs_in_queue.
+
 A profile may set either limit lower than the cluster's (`max_array_size`, `max_jobs_in_queue` in slurm/NAME.yaml:
 e.g. to leave room for one's other jobs, or where accounting is not readable); one higher than the cluster's is
 an error, since those arrays would be rejected. Submissions are planned with `wave_sizes` (harness/dispatch/slurm.py).
@@ -89,6 +94,68 @@ def parse_qos_limits(text: str, names: list[str]) -> tuple[int | None, str]:
     return limit, which
 
 
+def _assoc_mgr_records(text: str) -> list[dict[str, str]]:
+    """`scontrol show assoc_mgr` text as records {Key: value} (a record starts at a "ClusterName=" or "QOS=" line;
+    its keys are every "Key=value" token up to the next record)."""
+    records: list[dict[str, str]] = []
+    for line in text.splitlines():
+        tokens = line.split()
+        if tokens and tokens[0].startswith(("ClusterName=", "QOS=")):
+            records.append({})
+        if not records:
+            continue
+        for token in tokens:
+            key, sep, value = token.partition("=")
+            if sep and key and key not in records[-1]:
+                records[-1][key] = value
+    return records
+
+
+def _limit_used(value: str) -> tuple[int | None, int]:
+    """"60(12)" → (60, 12); "N(3)" or "" → (None, used): N is SLURM's "no limit"."""
+    limit, _, rest = value.partition("(")
+    used = rest.rstrip(")")
+    return (int(limit) if limit.isdigit() else None), (int(used) if used.isdigit() else 0)
+
+
+def _name(value: str) -> str:
+    """"root(0)" → "root" (assoc_mgr appends uids and ids in parentheses)."""
+    return value.partition("(")[0]
+
+
+def shared_room(assoc_text: str, qos_text: str, user: str, account: str | None,
+                qos_names: list[str]) -> tuple[int | None, str]:
+    """The jobs this user may still submit under the limits shared with others, and the binding one (for messages):
+    the smallest `limit − used` over GrpSubmitJobs of the user's association (in `account`, else the default one),
+    of each account up its ParentAccount chain (as far as `assoc_text` has the records), and of the QOS in
+    `qos_names`, from `scontrol show assoc_mgr flags=assoc users=USER` and `… flags=qos` text. (None, "") when
+    none of them has a limit."""
+    records = _assoc_mgr_records(assoc_text)
+    users = [r for r in records if _name(r.get("UserName", "")) == user]
+    mine = next((r for r in users if account and r.get("Account") == account), None) or \
+        next((r for r in users if r.get("DefAssoc") == "Yes"), None)
+    best: tuple[int | None, str] = (None, "")
+
+    def consider(value: str, what: str) -> None:
+        nonlocal best
+        limit, used = _limit_used(value)
+        if limit is not None and (best[0] is None or limit - used < best[0]):
+            best = (max(0, limit - used), f"{what}: GrpSubmitJobs={limit} ({used} counted)")
+
+    if mine is not None:
+        consider(mine.get("GrpSubmitJobs", ""), f"association of {user} in account {mine.get('Account')}")
+        accounts = {r.get("Account"): r for r in records if not _name(r.get("UserName", ""))}
+        name, seen = mine.get("Account"), set()
+        while name and name in accounts and name not in seen:  # up the tree: each account's group limit
+            seen.add(name)
+            consider(accounts[name].get("GrpSubmitJobs", ""), f"account {name}")
+            name = _name(accounts[name].get("ParentAccount", ""))
+    for r in _assoc_mgr_records(qos_text):
+        if _name(r.get("QOS", "")) in qos_names:
+            consider(r.get("GrpSubmitJobs", ""), f"QOS {_name(r['QOS'])}")
+    return best
+
+
 # ---- combining with the profile ------------------------------------------------------------------------------------
 
 
@@ -165,6 +232,28 @@ def cluster_limits(account: str | None, qos: str | None, log=print) -> tuple[int
         if value is not None and (queue is None or value < queue):
             queue, sources["max_jobs_in_queue"] = value, source
     return max_array, queue, sources
+
+
+def ask_shared_room(account: str | None, qos: str | None) -> tuple[int | None, str]:
+    """`shared_room` as the controller reports it now. The QOS considered: `qos` if given, else the user's
+    association's default and allowed ones (sacctmgr). A controller too old for `assoc_mgr` (or without
+    accounting) answers nothing here: (None, "")."""
+    from harness.dispatch.slurm_queue import QueueError, _slurm
+
+    user = getpass.getuser()
+    try:
+        assoc = _slurm("scontrol", "show", "assoc_mgr", f"users={user}", "flags=assoc")
+        qos_text = _slurm("scontrol", "show", "assoc_mgr", "flags=qos")
+    except (QueueError, FileNotFoundError):
+        return None, ""
+    names = [qos] if qos else []
+    if not qos:  # the QOS the association may use (its default first); unknown without sacctmgr
+        try:
+            _, names = parse_assoc_limits(_slurm("sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}",
+                                                 "format=account,maxsubmit,qos,defaultqos"), account)
+        except (QueueError, FileNotFoundError):
+            pass
+    return shared_room(assoc, qos_text, user, account, names)
 
 
 def jobs_in_queue() -> int:

@@ -72,6 +72,18 @@ def _slurm(*args: str) -> str:
     return p.stdout
 
 
+def jobs_with_comment(comment: str) -> list[str]:
+    """This user's queued or running jobs (array elements one by one) whose comment is `comment`: how a submission
+    whose sbatch failed or timed out is checked for jobs the controller accepted anyway."""
+    text = _slurm("squeue", "-u", getpass.getuser(), "-r", "-h", "-o", "%i|%k")
+    return [jid for jid, _, c in (line.partition("|") for line in text.splitlines()) if c.strip() == comment]
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        _slurm("scancel", *job_ids)
+
+
 def job_states(job_ids: list[str]) -> dict[str, JobState]:
     """Current state of each job id ("123" or array element "123_4"), one squeue and at most one sacct call.
 
