@@ -272,3 +272,64 @@ def test_result_has_no_task_aware_accuracy_and_records_domains_and_head(specs, r
     n = r["num_test"]
     last = r["acc_matrix"][-1]
     assert r["metrics"]["a_last"] == pytest.approx(sum(a * k for a, k in zip(last, n)) / sum(n))
+
+
+# ---- the embedded benchmark's grids and design variant (docs/benchmarks.md, "Rotated digits") ---------------------
+def test_rules_grid_ranks_rules_on_the_unchanged_rotated_digits_spec():
+    """rotated-digits-rules adds merging rules to the same spec and protocol: its seq-lora, avg and pm cells are the
+    rotated-digits grid's cells (same run ids, so a finished grid is reused), and the spec's defaults are those the
+    docs' numbers were measured with."""
+    from harness.dispatch.grid import expand, load_grid
+
+    rules, base = expand(load_grid("rotated-digits-rules")), expand(load_grid("rotated-digits"))
+    assert {c.benchmark for c in rules} == {"rotated-digits"} and {c.seed for c in rules} == {0, 1, 2, 3, 4}
+    assert sorted({c.method for c in rules}) == sorted(
+        ["seq-lora", "avg", "pm", "magmax", "ties", "task-arith", "fisher-merge"]) and len(rules) == 35
+    shared = {c.run_id() for c in base if c.method in ("seq-lora", "avg", "pm")}
+    assert len(shared) == 15 and shared <= {c.run_id() for c in rules}
+    for c in rules:
+        d = c.to_dict()
+        assert d["scenario"] == "domain-il" and d["train"]["epochs"] == 4 and d["train"]["lr_lora"] == 0.005
+
+
+def test_eight_rotation_variant_is_the_same_digits_turned_by_45_degree_steps():
+    from harness.data.protocol import run_spec
+    from harness.data.sources import load_source
+    from harness.data.stream import stream_of
+
+    spec = run_spec(resolve("rotated-digits-8", "avg"))
+    data = load_source(spec)
+    tasks = stream_of(spec, None, data).tasks
+    assert [t.domain for t in tasks] == [f"rot{a}" for a in range(0, 360, 45)]
+    assert all(t.classes == tuple(range(10)) and len(t.train_indices) == 1438 for t in tasks)
+    up, quarter = (data.train_images[t.train_indices].float() for t in (tasks[0], tasks[2]))
+    assert (quarter - torch.rot90(up, 1, dims=(2, 3))).abs().max() <= 1.0  # rot90 is the upright images turned 90°
+    base = load_source(run_spec(resolve("rotated-digits", "avg")))
+    assert base.split_hash == data.split_hash  # the same writers' digits in train and test as rotated-digits
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("grid, changed", [
+    ("epsilon-1", {"pm": {"method_params.epsilon": 1.0}}),
+    ("epochs-8", {"avg": {"train.epochs": 8}, "pm": {"train.epochs": 8}}),
+    ("tasks-8", {"avg": {"benchmark": "rotated-digits-8"}, "pm": {"benchmark": "rotated-digits-8"}}),
+    ("lambda", {"magmax": {"method_params.lam": 1.0}, "task-arith": {"method_params.lam": 0.2}}),
+])
+def test_each_design_grid_changes_one_knob_of_rotated_digits(grid, changed):
+    """The design measurements of docs/benchmarks.md vary one knob at a time from the rotated-digits protocol: every
+    cell equals the same method and seed on rotated-digits but for the named keys (unnamed methods: not at all)."""
+    from harness.dispatch.grid import expand, load_grid
+
+    cells = expand(load_grid(str(project_root() / "benchmarks/rotated-digits-design" / f"{grid}.yaml")))
+    assert {c.seed for c in cells} == {0, 1, 2}
+    for c in cells:
+        base = _flat(resolve("rotated-digits", c.method, seed=c.seed).to_dict())
+        cell = _flat(c.to_dict())
+        diff = {k: cell.get(k) for k in set(base) | set(cell) if base.get(k) != cell.get(k)}
+        assert diff == changed.get(c.method, {}), (grid, c.method)
