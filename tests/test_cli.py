@@ -17,7 +17,7 @@ def clmerge(*args, env=None):
         (["run", "--benchmark", "split-digits", "--method", "nope"], "unknown method 'nope'; valid:"),
         (["run", "--benchmark", "split-digits", "--method", "seq-lora", "--set", "train.epoch=2"], "unknown key 'train.epoch'"),
         (["grid", "missing.yaml"], "unknown grid or table 'missing.yaml'"),
-        (["report", "nope"], "unknown grid or table 'nope'; valid: digits-2x5, inflora-logs, inr-5-10-20"),
+        (["report", "nope"], "unknown grid or table 'nope'; valid: compare-breadcrumbs, digits-2x5, inflora-logs"),
         (["reproduce", "pm-mergin"], "unknown grid or table 'pm-mergin'"),
         (["prepare", "imagenet-r-10", "--source", "/nonexistent/imagenet-r"], "no such folder"),
         (["prepare", "split-digits"], "needs no preparation"),

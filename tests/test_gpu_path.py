@@ -565,7 +565,7 @@ def test_gpu_check_resume_stage_pieces(results, tmp_path, monkeypatch, one_threa
     (d / "checkpoint.epoch.pt").write_text("task 1, epoch 1")
     assert check._mid_task_1(d)
 
-    args = check.argparse.Namespace(method="seq-lora", device="cpu", overrides=json.dumps(
+    args = check.argparse.Namespace(method="seq-lora", device="cpu", deterministic="on", overrides=json.dumps(
         {**FAST, "train.epochs": 1, "train.epoch_repeats": 1}))
     monkeypatch.setattr(check, "DEFAULT_OVERRIDES", {})
     import harness.train.trainer as trainer
