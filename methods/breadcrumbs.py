@@ -23,7 +23,8 @@ import torch
 
 from harness.core.errors import ConfigError
 from harness.method import register
-from methods._task_vectors import Start, TaskVectorMerge, add
+from methods._task_vectors import Start
+from methods.task_arith import TaskArithmetic
 
 
 def breadcrumbs_mask(tau: torch.Tensor, keep: float, remove: float) -> torch.Tensor:
@@ -68,27 +69,16 @@ class Params:
 
 
 @register
-class Breadcrumbs(TaskVectorMerge):
+class Breadcrumbs(TaskArithmetic):
+    """Task arithmetic (its running sum, λ-scaled merge and saved state) over masked task vectors."""
+
     name = "breadcrumbs"
     description = "Model Breadcrumbs: per row drop the largest and the smallest |τ|, then task arithmetic λ·Σ masked τ"
     Params = Params
     reconstruction = "continual use (independent LoRA per task from W0, online sum) and the keep/remove defaults are ours"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self.total = None
-
     def absorb(self, tau, task) -> None:
         masked = {n: breadcrumbs_mask(t, self.params.keep, self.params.remove) for n, t in tau.items()}
-        self.total = add(self.total, masked)
+        super().absorb(masked, task)
         kept = sum(int((m != 0).sum()) for m in masked.values()) / max(1, sum(t.numel() for t in tau.values()))
         self.record = {"kept_fraction": kept}
-
-    def merged(self):
-        return {n: self.params.lam * t for n, t in self.total.items()}
-
-    def acc_state(self) -> dict:
-        return {"total": self.total}
-
-    def load_acc_state(self, state: dict) -> None:
-        self.total = state["total"]
